@@ -1,1 +1,145 @@
-fn main(){}
+//! The `cellblock` command line: `serve`, `image build`, `image path`.
+
+use anyhow::Context;
+use cellblock::config::Config;
+use cellblock::image;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "cellblock", version, about = "A self-hosted code interpreter for AI agents")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API (builds the kernel image first if it is missing).
+    Serve(ServeArgs),
+    /// Manage kernel images.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ImageArgs {
+    /// State directory.
+    #[arg(long, env = "CELLBLOCK_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Where images are built [default: <data-dir>/images].
+    #[arg(long, env = "CELLBLOCK_IMAGES_DIR")]
+    images_dir: Option<PathBuf>,
+    /// The interpreter images are built with.
+    #[arg(long, env = "CELLBLOCK_PYTHON", default_value = "python3")]
+    python: String,
+}
+
+impl ImageArgs {
+    fn images_dir(&self) -> PathBuf {
+        self.images_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("images"))
+    }
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build an image now (a no-op if it is built).
+    Build {
+        #[arg(default_value = "python")]
+        name: String,
+        #[command(flatten)]
+        args: ImageArgs,
+    },
+    /// Print the directory of a built image (building it if missing).
+    Path {
+        #[arg(default_value = "python")]
+        name: String,
+        #[command(flatten)]
+        args: ImageArgs,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on. Without an API key only loopback is allowed.
+    #[arg(long, env = "CELLBLOCK_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    image: ImageArgs,
+    /// API key, checked as 'Authorization: Bearer KEY'.
+    #[arg(long, env = "CELLBLOCK_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Most live sandboxes; more gives 429.
+    #[arg(long, default_value_t = 64)]
+    max_sandboxes: usize,
+    /// Default execution timeout, seconds.
+    #[arg(long, default_value_t = 30)]
+    default_timeout_s: u64,
+    /// Largest execution timeout a client may ask for, seconds.
+    #[arg(long, default_value_t = 3600)]
+    max_timeout_s: u64,
+    /// Default idle timeout of a sandbox, seconds.
+    #[arg(long, default_value_t = 900)]
+    default_idle_timeout_s: u64,
+    /// Largest request body, MiB.
+    #[arg(long, default_value_t = 16)]
+    max_body_mb: usize,
+    /// Most output kept per execution, MiB.
+    #[arg(long, default_value_t = 32)]
+    max_output_mb: usize,
+}
+
+fn ensure_image(args: &ImageArgs, name: &str) -> anyhow::Result<image::Image> {
+    let spec = image::spec(name)?;
+    let dir = args.images_dir();
+    let dir = std::path::absolute(&dir).with_context(|| format!("images dir {}", dir.display()))?;
+    image::ensure(&dir, &spec, &args.python).with_context(|| format!("building image {name}"))
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let image = ensure_image(&args.image, "python")?;
+    let data_dir = std::path::absolute(&args.image.data_dir)?;
+    let mut cfg = Config::new(args.listen, data_dir, image.dir.clone());
+    cfg.api_key = args.api_key.filter(|k| !k.is_empty());
+    cfg.max_sandboxes = args.max_sandboxes;
+    cfg.default_timeout = Duration::from_secs(args.default_timeout_s);
+    cfg.max_timeout = Duration::from_secs(args.max_timeout_s.max(args.default_timeout_s));
+    cfg.default_idle_timeout = Duration::from_secs(args.default_idle_timeout_s.max(1));
+    cfg.max_body_bytes = args.max_body_mb.max(1) * 1024 * 1024;
+    cfg.max_output_bytes = args.max_output_mb.max(1) * 1024 * 1024;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(cellblock::server::run(cfg, image))?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CELLBLOCK_LOG")
+                .unwrap_or_else(|_| "info,tower_http=warn,zeromq=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+        Command::Image { command } => match command {
+            ImageCommand::Build { name, args } => {
+                let img = ensure_image(&args, &name)?;
+                println!("{}@{} {}", img.name, img.version, img.dir.display());
+                Ok(())
+            }
+            ImageCommand::Path { name, args } => {
+                println!("{}", ensure_image(&args, &name)?.dir.display());
+                Ok(())
+            }
+        },
+    }
+}

@@ -1,0 +1,75 @@
+//! JSON request bodies with errors in the API's shape.
+//!
+//! The body is read up to the configured limit (413 beyond it) and parsed with
+//! serde_json whatever the `Content-Type`, so `curl -d '{…}'` works as is.
+//! Syntax errors are 400 `invalid_json`; a well-formed body with wrong or
+//! unknown fields is 422 `invalid_request`.
+
+use super::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+/// A required JSON body.
+pub struct JsonBody<T>(pub T);
+
+/// An optional JSON body: empty means `T::default()`.
+pub struct OptionalJsonBody<T>(pub T);
+
+async fn read<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is larger than the server accepts",
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", rej.body_text())
+        }
+    })
+}
+
+/// Parses JSON, mapping serde's error classes to statuses.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => ApiError::invalid(e.to_string()),
+            _ => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not valid JSON: {e}"),
+            ),
+        }
+    })
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = read(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "empty_body",
+                "this endpoint needs a JSON body",
+            ));
+        }
+        parse(&bytes).map(JsonBody)
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = read(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBody(T::default()));
+        }
+        parse(&bytes).map(OptionalJsonBody)
+    }
+}

@@ -1,0 +1,146 @@
+//! The HTTP surface: `/healthz` and the `/v1` API, with auth, body limits,
+//! JSON errors for every rejection (404, 405, 413, panics), and request logs.
+//!
+//! - [`error`]: `ApiError`, the one error shape.
+//! - [`body`]: JSON body extractors.
+//! - [`sandboxes`]: the `/v1/sandboxes` handlers.
+
+pub mod body;
+pub mod error;
+pub mod sandboxes;
+
+use crate::sandbox::Manager;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use error::ApiError;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub manager: Arc<Manager>,
+    /// SHA-256 of the API key, compared in constant time.
+    key_digest: Option<[u8; 32]>,
+}
+
+impl AppState {
+    /// State for `manager`, requiring `api_key` as a bearer token when set.
+    pub fn new(manager: Arc<Manager>, api_key: Option<&str>) -> Self {
+        Self {
+            manager,
+            key_digest: api_key.map(|k| Sha256::digest(k.as_bytes()).into()),
+        }
+    }
+}
+
+async fn require_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(want) = state.key_digest else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|k| Sha256::digest(k.trim().as_bytes()));
+    match given {
+        Some(d) if bool::from(d.as_slice().ct_eq(&want)) => next.run(req).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the API key is wrong")
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send the API key as 'Authorization: Bearer <key>'",
+        )
+        .into_response(),
+    }
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    let m = &state.manager;
+    let status = if m.is_shutting_down() { "shutting_down" } else { "ok" };
+    let code = if m.is_shutting_down() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = serde_json::json!({
+        "status": status,
+        "version": env!("CARGO_PKG_VERSION"),
+        "sandboxes": m.list().len(),
+        "image": {"name": m.image().name, "version": m.image().version},
+    });
+    (code, Json(body)).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a handler panicked");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/sandboxes",
+            post(sandboxes::create).get(sandboxes::list),
+        )
+        .route(
+            "/sandboxes/{id}",
+            get(sandboxes::get_one).delete(sandboxes::delete),
+        )
+        .route("/sandboxes/{id}/execute", post(sandboxes::execute))
+        .route("/sandboxes/{id}/interrupt", post(sandboxes::interrupt))
+        .route("/sandboxes/{id}/restart", post(sandboxes::restart))
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Runs `fut` in its own task, so it completes even if the client disconnects
+/// (no kernel is orphaned, no execution is cut off half-way).
+pub async fn detached<T, E>(
+    fut: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
+    match tokio::spawn(fut).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(e) => {
+            tracing::error!(error = %e, "request task failed");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            ))
+        }
+    }
+}

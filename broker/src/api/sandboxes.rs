@@ -1,0 +1,202 @@
+//! `/v1/sandboxes` handlers: thin, each validating input and delegating to
+//! the sandbox [`Manager`](crate::sandbox::Manager).
+
+use super::body::{JsonBody, OptionalJsonBody};
+use super::error::ApiError;
+use super::{detached, AppState};
+use crate::sandbox::execute::ExecuteOptions;
+use crate::sandbox::kernel::RESERVED_ENV;
+use crate::sandbox::{CreateOptions, SandboxId};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cellblock_protocol::message::JsonMap;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Body of `POST /v1/sandboxes`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub image: Option<String>,
+    pub idle_timeout_s: Option<u64>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub metadata: Option<JsonMap>,
+}
+
+/// Body of `POST /v1/sandboxes/{id}/execute`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest {
+    pub code: String,
+    pub timeout_s: Option<f64>,
+}
+
+const MAX_ENV_VARS: usize = 256;
+const MAX_ENV_BYTES: usize = 64 * 1024;
+const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+fn parse_id(raw: &str) -> Result<SandboxId, ApiError> {
+    uuid::Uuid::parse_str(raw).map(SandboxId).map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "sandbox_not_found",
+            format!("no sandbox with id {raw:?} (ids are UUIDs)"),
+        )
+    })
+}
+
+fn valid_env_key(k: &str) -> bool {
+    let mut chars = k.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn validate_env(env: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ApiError> {
+    if env.len() > MAX_ENV_VARS {
+        return Err(ApiError::invalid(format!("env has more than {MAX_ENV_VARS} variables")));
+    }
+    let total: usize = env.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_ENV_BYTES {
+        return Err(ApiError::invalid(format!("env is larger than {MAX_ENV_BYTES} bytes")));
+    }
+    for (k, v) in &env {
+        if !valid_env_key(k) {
+            return Err(ApiError::invalid(format!(
+                "env name {k:?} is not valid: use letters, digits and '_', not starting with a digit"
+            )));
+        }
+        if RESERVED_ENV.contains(&k.as_str()) {
+            return Err(ApiError::invalid(format!("env name {k:?} is set by cellblock")));
+        }
+        if v.contains('\0') {
+            return Err(ApiError::invalid(format!("env value of {k:?} contains a NUL byte")));
+        }
+    }
+    Ok(env)
+}
+
+/// `POST /v1/sandboxes`: 201 with the sandbox once its kernel answers.
+pub async fn create(
+    State(state): State<AppState>,
+    OptionalJsonBody(req): OptionalJsonBody<CreateRequest>,
+) -> Result<Response, ApiError> {
+    let cfg = state.manager.config();
+    let image = req.image.as_deref().unwrap_or("python");
+    if image != state.manager.image().name {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_image",
+            format!("unknown image {image:?}; available: {}", state.manager.image().name),
+        ));
+    }
+    let idle = match req.idle_timeout_s {
+        None => cfg.default_idle_timeout,
+        Some(0) => return Err(ApiError::invalid("idle_timeout_s must be at least 1")),
+        Some(s) if Duration::from_secs(s) > cfg.max_idle_timeout => {
+            return Err(ApiError::invalid(format!(
+                "idle_timeout_s may be at most {}",
+                cfg.max_idle_timeout.as_secs()
+            )))
+        }
+        Some(s) => Duration::from_secs(s),
+    };
+    let metadata = req.metadata.unwrap_or_default();
+    if serde_json::to_vec(&metadata).map_or(0, |v| v.len()) > MAX_METADATA_BYTES {
+        return Err(ApiError::invalid(format!("metadata is larger than {MAX_METADATA_BYTES} bytes")));
+    }
+    let opts = CreateOptions {
+        idle_timeout: idle,
+        env: validate_env(req.env.unwrap_or_default())?,
+        metadata,
+    };
+    let manager = state.manager.clone();
+    // Run to completion even if the client goes away, so no kernel is orphaned.
+    let sandbox = detached(async move { manager.create(opts).await }).await?;
+    let location = format!("/v1/sandboxes/{}", sandbox.id);
+    Ok((
+        StatusCode::CREATED,
+        [(axum::http::header::LOCATION, location)],
+        Json(sandbox.view()),
+    )
+        .into_response())
+}
+
+/// `GET /v1/sandboxes`.
+pub async fn list(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let views: Vec<_> = state.manager.list().iter().map(|s| s.view()).collect();
+    Json(serde_json::json!({ "sandboxes": views }))
+}
+
+/// `GET /v1/sandboxes/{id}`.
+pub async fn get_one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let sandbox = state.manager.get(parse_id(&id)?)?;
+    Ok(Json(sandbox.view()).into_response())
+}
+
+/// `DELETE /v1/sandboxes/{id}`: 204 once the kernel is gone.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    let manager = state.manager.clone();
+    detached(async move { manager.delete(id).await }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/sandboxes/{id}/execute`: 200 with the result, whatever the code did.
+pub async fn execute(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<ExecuteRequest>,
+) -> Result<Response, ApiError> {
+    let sandbox = state.manager.get(parse_id(&id)?)?;
+    let cfg = state.manager.config();
+    let timeout = match req.timeout_s {
+        None => cfg.default_timeout,
+        Some(t) if !(t > 0.0) || !t.is_finite() => {
+            return Err(ApiError::invalid("timeout_s must be a positive number of seconds"))
+        }
+        Some(t) if t > cfg.max_timeout.as_secs_f64() => {
+            return Err(ApiError::invalid(format!(
+                "timeout_s may be at most {}",
+                cfg.max_timeout.as_secs()
+            )))
+        }
+        Some(t) => Duration::from_secs_f64(t),
+    };
+    let opts = ExecuteOptions {
+        code: req.code,
+        timeout,
+    };
+    // The execution runs to its end even if the client disconnects.
+    let result = detached(async move { sandbox.execute(opts).await }).await?;
+    Ok(Json(result).into_response())
+}
+
+/// `POST /v1/sandboxes/{id}/interrupt`: SIGINT to the running cell.
+pub async fn interrupt(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let sandbox = state.manager.get(parse_id(&id)?)?;
+    let was_busy = sandbox.interrupt();
+    Ok(Json(serde_json::json!({"id": sandbox.id, "interrupted": was_busy})))
+}
+
+/// `POST /v1/sandboxes/{id}/restart`: a fresh kernel; state is lost.
+pub async fn restart(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let sandbox = state.manager.get(parse_id(&id)?)?;
+    let s = sandbox.clone();
+    detached(async move { s.restart().await }).await?;
+    Ok(Json(sandbox.view()).into_response())
+}

@@ -1,0 +1,83 @@
+//! Settings for `cellblock serve`, shared by every module as `Arc<Config>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The broker's settings.
+#[derive(Clone)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// State: run dirs, sandbox homes, the lock file.
+    pub data_dir: PathBuf,
+    /// Where images are built.
+    pub images_dir: PathBuf,
+    /// Bearer key for the API; `None` means loopback only, no auth.
+    pub api_key: Option<String>,
+    /// Most live sandboxes.
+    pub max_sandboxes: usize,
+    /// Default and largest `timeout_s` of an execution.
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    /// After a timeout's interrupt, how long the kernel gets before a restart.
+    pub interrupt_grace: Duration,
+    /// Default and largest `idle_timeout_s` of a sandbox.
+    pub default_idle_timeout: Duration,
+    pub max_idle_timeout: Duration,
+    /// How often idle sandboxes are looked for.
+    pub cull_interval: Duration,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Most output bytes kept per execution; the rest is dropped and flagged.
+    pub max_output_bytes: usize,
+    /// Largest single message accepted from a kernel.
+    pub max_kernel_message_bytes: usize,
+    /// How long a kernel may take to answer after it is spawned.
+    pub kernel_start_timeout: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("images_dir", &self.images_dir)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("max_sandboxes", &self.max_sandboxes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Defaults for everything but the paths and the address.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf, images_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            data_dir,
+            images_dir,
+            api_key: None,
+            max_sandboxes: 64,
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(3600),
+            interrupt_grace: Duration::from_secs(3),
+            default_idle_timeout: Duration::from_secs(900),
+            max_idle_timeout: Duration::from_secs(7 * 24 * 3600),
+            cull_interval: Duration::from_secs(1),
+            max_body_bytes: 16 * 1024 * 1024,
+            max_output_bytes: 32 * 1024 * 1024,
+            max_kernel_message_bytes: 64 * 1024 * 1024,
+            kernel_start_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// Directory of per-sandbox run dirs (connection files, sockets, pid files).
+    pub fn run_dir(&self) -> PathBuf {
+        self.data_dir.join("run")
+    }
+
+    /// Directory of per-sandbox home dirs.
+    pub fn homes_dir(&self) -> PathBuf {
+        self.data_dir.join("homes")
+    }
+}

@@ -1,0 +1,20 @@
+//! # cellblock
+//!
+//! The broker: an HTTP API in front of long-lived Jupyter kernels.
+//!
+//! ## Layout
+//! - [`config`]: the settings `cellblock serve` runs with.
+//! - [`image`]: kernel images: building the python venv and finding it again.
+//! - [`isolation`]: everything that touches processes at the OS level (signals,
+//!   process groups, `/proc` checks). It is the only place raw syscalls may live.
+//! - [`sandbox`]: sandbox lifecycle: kernels, executions, timeouts, crashes,
+//!   idle culling, leftovers from an earlier run.
+//! - [`api`]: the HTTP surface (`/v1`, `/healthz`), its errors and auth.
+//! - [`server`]: binds the listener and runs until a shutdown signal.
+
+pub mod api;
+pub mod config;
+pub mod image;
+pub mod isolation;
+pub mod sandbox;
+pub mod server;

@@ -1,0 +1,257 @@
+//! One kernel process: spawning it with a clean environment, connecting the
+//! client, watching for its exit, and stopping it.
+//!
+//! Each kernel is the leader of its own process group, so signals (SIGINT for
+//! interrupt, SIGKILL for teardown) reach everything it started. When the
+//! kernel exits for any reason, the rest of its group is killed too.
+
+use crate::image::Image;
+use crate::isolation;
+use cellblock_protocol::client::ClientOptions;
+use cellblock_protocol::message::KernelInfoReply;
+use cellblock_protocol::{ConnectionInfo, KernelClient, Limits};
+use nix::sys::signal::Signal;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+/// Errors starting a kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("preparing {path}: {source}")]
+    Prepare {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing the connection file: {0}")]
+    ConnectionFile(#[from] cellblock_protocol::connection::ConnectionError),
+    #[error("spawning the kernel: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("the kernel exited during startup ({status}); its last words: {stderr}")]
+    DiedAtStart { status: String, stderr: String },
+    #[error("the kernel did not answer within {0:?}; its last words: {1}")]
+    StartTimeout(Duration, String),
+    #[error("connecting to the kernel: {0}")]
+    Client(#[from] cellblock_protocol::ClientError),
+}
+
+/// What a kernel needs to start.
+pub struct KernelSpec<'a> {
+    pub image: &'a Image,
+    pub run_dir: &'a Path,
+    pub home: &'a Path,
+    pub env: &'a BTreeMap<String, String>,
+    pub generation: u64,
+    pub start_timeout: Duration,
+    pub max_message_bytes: usize,
+}
+
+/// How much of a kernel's stderr is kept for error messages.
+const STDERR_TAIL: usize = 4096;
+
+/// A running kernel and the client connected to it.
+pub struct KernelProcess {
+    pub pid: i32,
+    pub generation: u64,
+    pub client: KernelClient,
+    pub info: KernelInfoReply,
+    exited: watch::Receiver<Option<String>>,
+    stderr_tail: Arc<Mutex<String>>,
+}
+
+/// Environment variables that cellblock sets itself and a client may not.
+pub const RESERVED_ENV: &[&str] = &["HOME", "IPYTHONDIR", "MPLCONFIGDIR", "PWD"];
+
+fn prepare_err(path: &Path) -> impl FnOnce(std::io::Error) -> KernelError + '_ {
+    move |source| KernelError::Prepare {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn tail(buf: &Arc<Mutex<String>>) -> String {
+    let s = buf.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if s.trim().is_empty() {
+        "(nothing on stderr)".to_owned()
+    } else {
+        s.trim().to_owned()
+    }
+}
+
+impl KernelProcess {
+    /// Spawns a kernel and waits until it is ready (shell answers, iopub flows).
+    #[tracing::instrument(skip_all, fields(generation = spec.generation))]
+    pub async fn start(spec: KernelSpec<'_>) -> Result<Self, KernelError> {
+        let prefix = spec.run_dir.join(format!("k{}", spec.generation));
+        let conn_path = spec.run_dir.join(format!("k{}.json", spec.generation));
+        let mut conn = ConnectionInfo::new_ipc(&prefix);
+        conn.kernel_name = spec.image.name.clone();
+        conn.write(&conn_path)?;
+        let mpl = spec.run_dir.join("mpl");
+        if !mpl.exists() {
+            copy_dir(&spec.image.mpl_cache(), &mpl).map_err(prepare_err(&mpl))?;
+        }
+
+        let path_var = format!("{}:/usr/local/bin:/usr/bin:/bin", spec.image.bin_dir().display());
+        let mut cmd = tokio::process::Command::new(spec.image.python());
+        cmd.arg("-m")
+            .arg("cellblock_kernel")
+            .arg("-f")
+            .arg(&conn_path)
+            .env_clear()
+            .env("PATH", path_var)
+            .env("LANG", "C.UTF-8")
+            .env("PYTHONIOENCODING", "utf-8")
+            .env("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+            .env("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+            .envs(spec.env.iter())
+            .env("HOME", spec.home)
+            .env("PWD", spec.home)
+            .env("IPYTHONDIR", spec.image.ipython_dir())
+            .env("MPLCONFIGDIR", &mpl)
+            .current_dir(spec.home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(KernelError::Spawn)?;
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let pid_file = spec.run_dir.join("kernel.pid");
+        std::fs::write(&pid_file, format!("{pid}\n")).map_err(prepare_err(&pid_file))?;
+
+        let stderr_tail = Arc::new(Mutex::new(String::new()));
+        if let Some(mut err) = child.stderr.take() {
+            let buf = stderr_tail.clone();
+            tokio::spawn(async move {
+                let mut chunk = vec![0u8; 4096];
+                while let Ok(n) = err.read(&mut chunk).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let text = String::from_utf8_lossy(&chunk[..n]);
+                    tracing::debug!(pid, text = %text.trim_end(), "kernel stderr");
+                    let mut b = buf.lock().unwrap_or_else(|e| e.into_inner());
+                    b.push_str(&text);
+                    if b.len() > STDERR_TAIL {
+                        let cut = b.len() - STDERR_TAIL;
+                        let cut = (cut..b.len()).find(|&i| b.is_char_boundary(i)).unwrap_or(0);
+                        b.drain(..cut);
+                    }
+                }
+            });
+        }
+
+        let (exit_tx, exited) = watch::channel(None);
+        tokio::spawn(async move {
+            let status = match child.wait().await {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("wait failed: {e}"),
+            };
+            // Whatever the kernel started dies with it.
+            isolation::signal_group(pid, Signal::SIGKILL);
+            let _ = exit_tx.send(Some(status));
+        });
+
+        let opts = ClientOptions {
+            limits: Limits {
+                max_message_bytes: spec.max_message_bytes,
+                ..Limits::default()
+            },
+            connect_timeout: spec.start_timeout,
+            ..ClientOptions::default()
+        };
+        let mut exited_start = exited.clone();
+        let ready = async {
+            let client = KernelClient::connect(&conn, opts).await?;
+            let info = client.wait_ready(spec.start_timeout).await?;
+            Ok::<_, KernelError>((client, info))
+        };
+        let result = tokio::select! {
+            r = tokio::time::timeout(spec.start_timeout, ready) => r,
+            st = exited_start.wait_for(Option::is_some) => {
+                let status = st.map(|s| s.clone().unwrap_or_default()).unwrap_or_default();
+                return Err(KernelError::DiedAtStart { status, stderr: tail(&stderr_tail) });
+            }
+        };
+        match result {
+            Ok(Ok((client, info))) => Ok(Self {
+                pid,
+                generation: spec.generation,
+                client,
+                info,
+                exited,
+                stderr_tail,
+            }),
+            Ok(Err(e)) => {
+                isolation::signal_group(pid, Signal::SIGKILL);
+                Err(e)
+            }
+            Err(_) => {
+                isolation::signal_group(pid, Signal::SIGKILL);
+                Err(KernelError::StartTimeout(spec.start_timeout, tail(&stderr_tail)))
+            }
+        }
+    }
+
+    /// True once the kernel process has exited.
+    pub fn has_exited(&self) -> bool {
+        self.exited.borrow().is_some()
+    }
+
+    /// Resolves when the kernel process exits, with its exit status.
+    pub async fn wait_exit(&mut self) -> String {
+        let _ = self.exited.wait_for(Option::is_some).await;
+        self.exited.borrow().clone().unwrap_or_default()
+    }
+
+    /// The last lines the kernel wrote to stderr.
+    pub fn stderr_tail(&self) -> String {
+        tail(&self.stderr_tail)
+    }
+
+    /// Stops the kernel: `shutdown_request` on control, then SIGTERM, then
+    /// SIGKILL, each with a short wait. Returns once the process is gone.
+    #[tracing::instrument(skip_all, fields(pid = self.pid))]
+    pub async fn stop(mut self, polite: bool) {
+        if polite && !self.has_exited() {
+            let _ = self
+                .client
+                .shutdown(false, Duration::from_millis(300))
+                .await;
+            if self.wait_exit_for(Duration::from_millis(700)).await {
+                return;
+            }
+            isolation::signal_group(self.pid, Signal::SIGTERM);
+            if self.wait_exit_for(Duration::from_millis(500)).await {
+                return;
+            }
+        }
+        isolation::signal_group(self.pid, Signal::SIGKILL);
+        if !self.wait_exit_for(Duration::from_secs(5)).await {
+            tracing::error!(pid = self.pid, "kernel did not exit after SIGKILL");
+        }
+    }
+
+    async fn wait_exit_for(&mut self, d: Duration) -> bool {
+        tokio::time::timeout(d, self.wait_exit()).await.is_ok()
+    }
+}
+
+/// Copies a flat directory (the matplotlib cache).
+fn copy_dir(from: &Path, to: &PathBuf) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    if let Ok(entries) = std::fs::read_dir(from) {
+        for e in entries.flatten() {
+            if e.file_type()?.is_file() {
+                std::fs::copy(e.path(), to.join(e.file_name()))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,443 @@
+//! Sandbox lifecycle: the manager owns every live sandbox, each sandbox owns
+//! its kernel, and executions in one sandbox run one at a time in arrival
+//! order (a FIFO lock) while different sandboxes run in parallel.
+//!
+//! - [`kernel`]: one kernel process and its client.
+//! - [`execute`]: one execution: outputs, timeout (interrupt, then restart)
+//!   and crash recovery.
+//! - [`leftovers`]: reaping what an earlier run of the broker left behind.
+
+pub mod execute;
+pub mod kernel;
+pub mod leftovers;
+
+use crate::config::Config;
+use crate::image::Image;
+use crate::isolation;
+use cellblock_protocol::message::JsonMap;
+use kernel::{KernelError, KernelProcess, KernelSpec};
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+use uuid::Uuid;
+
+/// A sandbox id (a UUID, as Jupyter's kernel routes require).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct SandboxId(pub Uuid);
+
+impl std::fmt::Display for SandboxId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An execution id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ExecutionId(pub Uuid);
+
+/// Errors of sandbox operations; the API maps each to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("no sandbox with id {0}")]
+    NotFound(SandboxId),
+    #[error("the sandbox limit of {0} is reached; delete one or wait for idle ones to be culled")]
+    TooMany(usize),
+    #[error("the sandbox was deleted")]
+    Deleted,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("starting the kernel failed: {0}")]
+    KernelStart(#[from] KernelError),
+    #[error("preparing the sandbox directory {path}: {source}")]
+    Prepare {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a client asked for when creating a sandbox (already validated).
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub idle_timeout: Duration,
+    pub env: BTreeMap<String, String>,
+    pub metadata: JsonMap,
+}
+
+/// The kernel slot of a sandbox, guarded by the FIFO execution lock.
+pub(crate) struct Runtime {
+    kernel: Option<KernelProcess>,
+    next_generation: u64,
+}
+
+/// One sandbox: a long-lived kernel and its directories.
+pub struct Sandbox {
+    pub id: SandboxId,
+    pub image: Image,
+    pub created_at: SystemTime,
+    pub idle_timeout: Duration,
+    pub metadata: JsonMap,
+    env: BTreeMap<String, String>,
+    run_dir: PathBuf,
+    home: PathBuf,
+    cfg: Arc<Config>,
+    /// Serialises executions, restarts and teardown, in arrival order.
+    runtime: tokio::sync::Mutex<Runtime>,
+    /// The current kernel's pid (its process group), readable without the lock
+    /// so interrupt and delete can reach a busy kernel.
+    kernel_pid: AtomicI32,
+    generation: AtomicU64,
+    restarts: AtomicU64,
+    last_activity: Mutex<SystemTime>,
+    /// Executions queued or running.
+    active: AtomicUsize,
+    executions: AtomicU64,
+    deleted: AtomicBool,
+    language_info: Mutex<JsonMap>,
+}
+
+/// The public view of a sandbox.
+#[derive(Debug, Serialize)]
+pub struct SandboxView {
+    pub id: SandboxId,
+    pub image: String,
+    pub image_version: String,
+    pub state: &'static str,
+    pub created_at: String,
+    pub last_activity: String,
+    pub expires_at: String,
+    pub idle_timeout_s: u64,
+    pub metadata: JsonMap,
+    pub env_keys: Vec<String>,
+    pub executions: u64,
+    pub pending_executions: usize,
+    pub kernel_restarts: u64,
+    pub language_info: JsonMap,
+}
+
+fn iso(t: SystemTime) -> String {
+    cellblock_protocol::message::iso8601(t)
+}
+
+impl Sandbox {
+    fn lock_activity(&self) -> std::sync::MutexGuard<'_, SystemTime> {
+        self.last_activity.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the sandbox as used now.
+    pub fn touch(&self) {
+        *self.lock_activity() = SystemTime::now();
+    }
+
+    /// When the sandbox will be culled if nothing happens.
+    pub fn expires_at(&self) -> SystemTime {
+        *self.lock_activity() + self.idle_timeout
+    }
+
+    /// The public view.
+    pub fn view(&self) -> SandboxView {
+        let pending = self.active.load(Ordering::SeqCst);
+        let last_activity = *self.lock_activity();
+        SandboxView {
+            id: self.id,
+            image: self.image.name.clone(),
+            image_version: self.image.version.clone(),
+            state: if pending > 0 { "busy" } else { "ready" },
+            created_at: iso(self.created_at),
+            last_activity: iso(last_activity),
+            expires_at: iso(last_activity + self.idle_timeout),
+            idle_timeout_s: self.idle_timeout.as_secs(),
+            metadata: self.metadata.clone(),
+            env_keys: self.env.keys().cloned().collect(),
+            executions: self.executions.load(Ordering::SeqCst),
+            pending_executions: pending,
+            kernel_restarts: self.restarts.load(Ordering::SeqCst),
+            language_info: self
+                .language_info
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    async fn start_kernel(&self, rt: &mut Runtime) -> Result<(), SandboxError> {
+        let generation = rt.next_generation;
+        rt.next_generation += 1;
+        let kernel = KernelProcess::start(KernelSpec {
+            image: &self.image,
+            run_dir: &self.run_dir,
+            home: &self.home,
+            env: &self.env,
+            generation,
+            start_timeout: self.cfg.kernel_start_timeout,
+            max_message_bytes: self.cfg.max_kernel_message_bytes,
+        })
+        .await?;
+        self.kernel_pid.store(kernel.pid, Ordering::SeqCst);
+        self.generation.store(generation, Ordering::SeqCst);
+        *self.language_info.lock().unwrap_or_else(|e| e.into_inner()) =
+            kernel.info.language_info.clone();
+        rt.kernel = Some(kernel);
+        Ok(())
+    }
+
+    /// Replaces the kernel with a fresh one (state is lost).
+    async fn replace_kernel(&self, rt: &mut Runtime) -> Result<(), SandboxError> {
+        if let Some(k) = rt.kernel.take() {
+            k.stop(false).await;
+        }
+        if self.deleted.load(Ordering::SeqCst) {
+            return Err(SandboxError::Deleted);
+        }
+        self.restarts.fetch_add(1, Ordering::SeqCst);
+        self.start_kernel(rt).await
+    }
+
+    /// Sends SIGINT to the kernel's process group. Returns whether anything was running.
+    pub fn interrupt(&self) -> bool {
+        isolation::signal_group(self.kernel_pid.load(Ordering::SeqCst), Signal::SIGINT);
+        self.active.load(Ordering::SeqCst) > 0
+    }
+
+    /// Restarts the kernel now. A running execution ends as `crashed`.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %self.id))]
+    pub async fn restart(&self) -> Result<(), SandboxError> {
+        let killed_generation = self.generation.load(Ordering::SeqCst);
+        if self.active.load(Ordering::SeqCst) > 0 {
+            // Do not wait behind a long execution: end it.
+            isolation::signal_group(self.kernel_pid.load(Ordering::SeqCst), Signal::SIGKILL);
+        }
+        let mut rt = self.runtime.lock().await;
+        if self.deleted.load(Ordering::SeqCst) {
+            return Err(SandboxError::Deleted);
+        }
+        let already_fresh = self.generation.load(Ordering::SeqCst) != killed_generation
+            && rt.kernel.as_ref().is_some_and(|k| !k.has_exited());
+        if !already_fresh {
+            if let Some(k) = rt.kernel.take() {
+                k.stop(true).await;
+            }
+            self.restarts.fetch_add(1, Ordering::SeqCst);
+            self.start_kernel(&mut rt).await?;
+        }
+        self.touch();
+        Ok(())
+    }
+
+    /// Stops the kernel and removes the sandbox's directories.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %self.id))]
+    async fn teardown(&self) {
+        self.deleted.store(true, Ordering::SeqCst);
+        if self.active.load(Ordering::SeqCst) > 0 {
+            isolation::signal_group(self.kernel_pid.load(Ordering::SeqCst), Signal::SIGKILL);
+        }
+        let mut rt = self.runtime.lock().await;
+        if let Some(k) = rt.kernel.take() {
+            k.stop(false).await;
+        }
+        for dir in [&self.run_dir, &self.home] {
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(dir = %dir.display(), error = %e, "removing sandbox directory");
+                }
+            }
+        }
+    }
+}
+
+/// Owns every live sandbox.
+pub struct Manager {
+    cfg: Arc<Config>,
+    image: Image,
+    sandboxes: RwLock<HashMap<SandboxId, Arc<Sandbox>>>,
+    /// Live plus being-created sandboxes, for the limit.
+    slots: AtomicUsize,
+    shutting_down: AtomicBool,
+}
+
+/// Frees a reserved sandbox slot unless it was handed to a live sandbox.
+struct Slot<'a>(&'a AtomicUsize, bool);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Manager {
+    /// A manager for `image` with the given settings.
+    pub fn new(cfg: Arc<Config>, image: Image) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            image,
+            sandboxes: RwLock::new(HashMap::new()),
+            slots: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The image every sandbox uses today.
+    pub fn image(&self) -> &Image {
+        &self.image
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<SandboxId, Arc<Sandbox>>> {
+        self.sandboxes.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<SandboxId, Arc<Sandbox>>> {
+        self.sandboxes.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Creates a sandbox and waits until its kernel answers.
+    #[tracing::instrument(skip_all)]
+    pub async fn create(&self, opts: CreateOptions) -> Result<Arc<Sandbox>, SandboxError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(SandboxError::ShuttingDown);
+        }
+        let max = self.cfg.max_sandboxes;
+        if self
+            .slots
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .is_err()
+        {
+            return Err(SandboxError::TooMany(max));
+        }
+        let mut slot = Slot(&self.slots, false);
+        let id = SandboxId(Uuid::new_v4());
+        let run_dir = self.cfg.run_dir().join(id.0.simple().to_string());
+        let home = self.cfg.homes_dir().join(id.0.simple().to_string());
+        for dir in [&run_dir, &home] {
+            std::fs::create_dir_all(dir).map_err(|source| SandboxError::Prepare {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let now = SystemTime::now();
+        let sandbox = Arc::new(Sandbox {
+            id,
+            image: self.image.clone(),
+            created_at: now,
+            idle_timeout: opts.idle_timeout,
+            metadata: opts.metadata,
+            env: opts.env,
+            run_dir,
+            home,
+            cfg: self.cfg.clone(),
+            runtime: tokio::sync::Mutex::new(Runtime {
+                kernel: None,
+                next_generation: 0,
+            }),
+            kernel_pid: AtomicI32::new(0),
+            generation: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            last_activity: Mutex::new(now),
+            active: AtomicUsize::new(0),
+            executions: AtomicU64::new(0),
+            deleted: AtomicBool::new(false),
+            language_info: Mutex::new(JsonMap::new()),
+        });
+        let started = {
+            let mut rt = sandbox.runtime.lock().await;
+            sandbox.start_kernel(&mut rt).await
+        };
+        if let Err(e) = started {
+            tracing::warn!(sandbox_id = %id, error = %e, "sandbox failed to start");
+            sandbox.teardown().await;
+            return Err(e);
+        }
+        if self.shutting_down.load(Ordering::SeqCst) {
+            sandbox.teardown().await;
+            return Err(SandboxError::ShuttingDown);
+        }
+        slot.1 = true;
+        self.write().insert(id, sandbox.clone());
+        tracing::info!(sandbox_id = %id, "sandbox ready");
+        Ok(sandbox)
+    }
+
+    /// Looks a sandbox up.
+    pub fn get(&self, id: SandboxId) -> Result<Arc<Sandbox>, SandboxError> {
+        self.read().get(&id).cloned().ok_or(SandboxError::NotFound(id))
+    }
+
+    /// Every live sandbox, oldest first.
+    pub fn list(&self) -> Vec<Arc<Sandbox>> {
+        let mut all: Vec<_> = self.read().values().cloned().collect();
+        all.sort_by_key(|s| s.created_at);
+        all
+    }
+
+    /// Deletes a sandbox: its kernel is stopped and its files removed.
+    pub async fn delete(&self, id: SandboxId) -> Result<(), SandboxError> {
+        let sandbox = self.write().remove(&id).ok_or(SandboxError::NotFound(id))?;
+        sandbox.teardown().await;
+        self.slots.fetch_sub(1, Ordering::SeqCst);
+        tracing::info!(sandbox_id = %id, "sandbox deleted");
+        Ok(())
+    }
+
+    /// Deletes sandboxes idle past their timeout. Returns how many.
+    pub async fn cull_idle(&self) -> usize {
+        let now = SystemTime::now();
+        let idle: Vec<SandboxId> = self
+            .read()
+            .values()
+            .filter(|s| s.active.load(Ordering::SeqCst) == 0 && s.expires_at() <= now)
+            .map(|s| s.id)
+            .collect();
+        let mut n = 0;
+        for id in idle {
+            tracing::info!(sandbox_id = %id, "culling idle sandbox");
+            if self.delete(id).await.is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Runs [`Manager::cull_idle`] forever at the configured interval.
+    pub async fn run_culler(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.cfg.cull_interval);
+        loop {
+            tick.tick().await;
+            if self.shutting_down.load(Ordering::SeqCst) {
+                return;
+            }
+            self.cull_idle().await;
+        }
+    }
+
+    /// Stops every kernel; new sandboxes are refused from now on.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let ids: Vec<SandboxId> = self.read().keys().copied().collect();
+        let mut set = tokio::task::JoinSet::new();
+        for id in ids {
+            if let Ok(sandbox) = self.get(id) {
+                self.write().remove(&id);
+                set.spawn(async move { sandbox.teardown().await });
+            }
+        }
+        while set.join_next().await.is_some() {}
+        tracing::info!("every kernel is stopped");
+    }
+
+    /// True once shutdown began.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}
