@@ -98,7 +98,10 @@ impl Signer {
 
     /// Verifies `signature` (hex) over the four frames in constant time.
     pub fn verify(&self, parts: [&[u8]; 4], signature: &[u8]) -> Result<(), WireError> {
-        if signature.len() != 64 {
+        // Lowercase only, as jupyter_client compares the hex digest byte for
+        // byte: `hex::decode` alone would also accept uppercase, so a message
+        // with a re-cased signature would pass here and fail in Python.
+        if signature.len() != 64 || !signature.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(WireError::BadSignatureEncoding);
         }
         let raw = hex::decode(signature).map_err(|_| WireError::BadSignatureEncoding)?;

@@ -1,1 +1,272 @@
+//! Test harness: starts the real `cellblock` binary on a free port with its
+//! own data dir, and talks to it over HTTP like a user does.
+//!
+//! The binary comes from `CELLBLOCK_BIN` (default `target/debug/cellblock`),
+//! images from `CELLBLOCK_IMAGES_DIR` (default `target/cellblock-images`);
+//! `./scripts/test.sh` builds both first.
 
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The `cellblock` binary under test.
+pub fn binary() -> PathBuf {
+    // Relative paths are taken from the workspace root, not the test's cwd.
+    let path = workspace_root().join(
+        std::env::var_os("CELLBLOCK_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("target/debug/cellblock")),
+    );
+    assert!(
+        path.exists(),
+        "cellblock binary not found at {}: run ./scripts/test.sh, or `cargo build -p cellblock` first",
+        path.display()
+    );
+    path
+}
+
+/// Where test servers find (or build) images.
+pub fn images_dir() -> PathBuf {
+    workspace_root().join(
+        std::env::var_os("CELLBLOCK_IMAGES_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("target/cellblock-images")),
+    )
+}
+
+/// A fresh short data dir (unix socket paths must stay short).
+pub fn temp_data_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cbt-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]));
+    std::fs::create_dir_all(&dir).expect("creating data dir");
+    dir
+}
+
+/// Live processes whose command line mentions `needle` (kernels carry their
+/// connection file path, which is under the data dir).
+pub fn processes_mentioning(needle: &Path) -> Vec<i32> {
+    let needle = needle.as_os_str().as_encoded_bytes().to_vec();
+    let me = std::process::id() as i32;
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+        if !zombie && cmd.windows(needle.len()).any(|w| w == needle.as_slice()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A running `cellblock serve`.
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub http: reqwest::Client,
+    key: Option<String>,
+}
+
+impl Server {
+    /// Starts a server with default settings.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `serve` arguments.
+    pub fn start_with(args: &[&str]) -> Self {
+        Self::start_in(temp_data_dir(), args)
+    }
+
+    /// Starts a server on an existing data dir.
+    pub fn start_in(data_dir: PathBuf, args: &[&str]) -> Self {
+        let key = args
+            .windows(2)
+            .find(|w| w[0] == "--api-key")
+            .map(|w| w[1].to_owned());
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--images-dir")
+            .arg(images_dir())
+            .args(args)
+            .env_remove("CELLBLOCK_API_KEY")
+            .env("CELLBLOCK_LOG", "info,tower_http=warn,zeromq=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning cellblock");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("cellblock listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(600)) {
+            Ok(b) => b,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("cellblock did not start listening (see its log above)");
+            }
+        };
+        Self {
+            child: Some(child),
+            base,
+            data_dir,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("http client"),
+            key,
+        }
+    }
+
+    /// A request builder with the API key, if the server has one.
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{}", self.base, path));
+        match &self.key {
+            Some(k) => r.bearer_auth(k),
+            None => r,
+        }
+    }
+
+    /// Sends a request and returns status and JSON body (Null when empty).
+    pub async fn call(&self, rb: reqwest::RequestBuilder) -> (u16, Value) {
+        let resp = rb.send().await.expect("request failed");
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.expect("reading body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                panic!("response is not JSON: {}", String::from_utf8_lossy(&bytes))
+            })
+        };
+        (status, body)
+    }
+
+    /// Creates a sandbox and returns its id (asserts 201).
+    pub async fn create(&self, body: Value) -> String {
+        let (status, v) = self
+            .call(self.req(reqwest::Method::POST, "/v1/sandboxes").json(&body))
+            .await;
+        assert_eq!(status, 201, "create failed: {v}");
+        v["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Executes code; asserts 200 and returns the result.
+    pub async fn exec(&self, id: &str, code: &str) -> Value {
+        self.exec_with(id, json!({ "code": code })).await
+    }
+
+    /// Executes with a full request body; asserts 200.
+    pub async fn exec_with(&self, id: &str, body: Value) -> Value {
+        let (status, v) = self
+            .call(
+                self.req(reqwest::Method::POST, &format!("/v1/sandboxes/{id}/execute"))
+                    .json(&body),
+            )
+            .await;
+        assert_eq!(status, 200, "execute failed: {v}");
+        v
+    }
+
+    /// Deletes a sandbox; returns the status.
+    pub async fn delete(&self, id: &str) -> u16 {
+        self.call(self.req(reqwest::Method::DELETE, &format!("/v1/sandboxes/{id}")))
+            .await
+            .0
+    }
+
+    /// Kernel processes started by this server.
+    pub fn kernel_pids(&self) -> Vec<i32> {
+        processes_mentioning(&self.data_dir.join("run"))
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the exit.
+    pub fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
+        self.signal_and_wait(nix::sys::signal::Signal::SIGTERM, limit)
+    }
+
+    /// Sends a signal and waits up to `limit` for the exit.
+    pub fn signal_and_wait(
+        &mut self,
+        sig: nix::sys::signal::Signal,
+        limit: Duration,
+    ) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for pid in self.kernel_pids() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds or `limit` passes.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
