@@ -16,8 +16,7 @@
 
 use crate::connection::ConnectionInfo;
 use crate::message::{
-    Channel, Content, ExecuteReply, ExecuteRequest, InputReply, KernelInfoReply, Message,
-    Shutdown,
+    Channel, Content, ExecuteReply, ExecuteRequest, InputReply, KernelInfoReply, Message, Shutdown,
 };
 use crate::wire::{Limits, Signer, WireError};
 use bytes::Bytes;
@@ -328,7 +327,11 @@ impl KernelClient {
     }
 
     /// Answers an `input_request` received by `execution`.
-    pub async fn send_input(&self, execution: &Execution, value: String) -> Result<(), ClientError> {
+    pub async fn send_input(
+        &self,
+        execution: &Execution,
+        value: String,
+    ) -> Result<(), ClientError> {
         let mut msg = self.new_message(Content::InputReply(InputReply { value }));
         msg.parent_header = serde_json::to_value(&execution.sub.header)
             .map_err(|e| ClientError::Unexpected(e.to_string()))?;
@@ -340,7 +343,10 @@ impl KernelClient {
         let mut sub = self
             .request(Channel::Shell, Content::KernelInfoRequest)
             .await?;
-        match sub.reply(Channel::Shell, timeout, "kernel_info_reply").await? {
+        match sub
+            .reply(Channel::Shell, timeout, "kernel_info_reply")
+            .await?
+        {
             Content::KernelInfoReply(r) => Ok(*r),
             other => Err(ClientError::Unexpected(other.msg_type().to_owned())),
         }

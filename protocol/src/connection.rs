@@ -107,8 +107,8 @@ impl ConnectionInfo {
             path: p.clone(),
             source,
         })?;
-        let info: Self =
-            serde_json::from_slice(&bytes).map_err(|source| ConnectionError::Parse { path: p, source })?;
+        let info: Self = serde_json::from_slice(&bytes)
+            .map_err(|source| ConnectionError::Parse { path: p, source })?;
         if info.signature_scheme != "hmac-sha256" {
             return Err(ConnectionError::Scheme(info.signature_scheme));
         }

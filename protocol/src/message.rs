@@ -371,7 +371,10 @@ pub enum Content {
     CommMsg(Comm),
     CommClose(Comm),
     /// Any other message type, with its content as received.
-    Unknown { msg_type: String, content: Value },
+    Unknown {
+        msg_type: String,
+        content: Value,
+    },
 }
 
 macro_rules! content_codec {
@@ -482,7 +485,8 @@ mod tests {
 
     #[test]
     fn tolerant_header() {
-        let h: Header = serde_json::from_str(r#"{"msg_id":"a","msg_type":"x","date":1.5}"#).unwrap();
+        let h: Header =
+            serde_json::from_str(r#"{"msg_id":"a","msg_type":"x","date":1.5}"#).unwrap();
         assert_eq!(h.date, serde_json::json!(1.5));
         let h: Header = serde_json::from_str(r#"{"msg_id":"a","msg_type":"x"}"#).unwrap();
         assert_eq!(h.date, Value::Null);

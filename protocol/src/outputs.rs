@@ -81,7 +81,13 @@ impl OutputCollector {
         }
     }
 
-    fn push_rich(&mut self, kind: &'static str, data: JsonMap, metadata: JsonMap, id: Option<&str>) {
+    fn push_rich(
+        &mut self,
+        kind: &'static str,
+        data: JsonMap,
+        metadata: JsonMap,
+        id: Option<&str>,
+    ) {
         self.before_output();
         let size = json_size(&data) + json_size(&metadata);
         if self.admit(size) {
@@ -110,7 +116,12 @@ impl OutputCollector {
             }
             Content::DisplayData(d) => {
                 let id = d.display_id().map(str::to_owned);
-                self.push_rich("display_data", d.data.clone(), d.metadata.clone(), id.as_deref());
+                self.push_rich(
+                    "display_data",
+                    d.data.clone(),
+                    d.metadata.clone(),
+                    id.as_deref(),
+                );
             }
             Content::ExecuteResult(r) => {
                 let id = r
@@ -119,7 +130,12 @@ impl OutputCollector {
                     .and_then(|t| t.get("display_id"))
                     .and_then(|v| v.as_str())
                     .map(str::to_owned);
-                self.push_rich("execute_result", r.data.clone(), r.metadata.clone(), id.as_deref());
+                self.push_rich(
+                    "execute_result",
+                    r.data.clone(),
+                    r.metadata.clone(),
+                    id.as_deref(),
+                );
             }
             Content::UpdateDisplayData(d) => {
                 let Some(id) = d.display_id() else { return };
@@ -187,9 +203,18 @@ mod tests {
     #[test]
     fn streams_and_rich_outputs() {
         let mut c = OutputCollector::new(1 << 20);
-        c.apply(&msg("stream", serde_json::json!({"name":"stdout","text":"a"})));
-        c.apply(&msg("stream", serde_json::json!({"name":"stderr","text":"e"})));
-        c.apply(&msg("stream", serde_json::json!({"name":"stdout","text":"b"})));
+        c.apply(&msg(
+            "stream",
+            serde_json::json!({"name":"stdout","text":"a"}),
+        ));
+        c.apply(&msg(
+            "stream",
+            serde_json::json!({"name":"stderr","text":"e"}),
+        ));
+        c.apply(&msg(
+            "stream",
+            serde_json::json!({"name":"stdout","text":"b"}),
+        ));
         c.apply(&msg(
             "execute_result",
             serde_json::json!({"execution_count":1,"data":{"text/plain":"2"},"metadata":{}}),
@@ -204,11 +229,12 @@ mod tests {
     #[test]
     fn update_display_rewrites_all_matching() {
         let mut c = OutputCollector::new(1 << 20);
-        let d = |t: &str| {
-            serde_json::json!({"data":{"text/plain":t},"metadata":{},"transient":{"display_id":"x"}})
-        };
+        let d = |t: &str| serde_json::json!({"data":{"text/plain":t},"metadata":{},"transient":{"display_id":"x"}});
         c.apply(&msg("display_data", d("1")));
-        c.apply(&msg("display_data", serde_json::json!({"data":{"text/plain":"other"}})));
+        c.apply(&msg(
+            "display_data",
+            serde_json::json!({"data":{"text/plain":"other"}}),
+        ));
         c.apply(&msg("display_data", d("2")));
         c.apply(&msg("update_display_data", d("3")));
         let o = c.finish();
@@ -220,21 +246,36 @@ mod tests {
     #[test]
     fn clear_output_now_and_wait() {
         let mut c = OutputCollector::new(1 << 20);
-        c.apply(&msg("stream", serde_json::json!({"name":"stdout","text":"a"})));
+        c.apply(&msg(
+            "stream",
+            serde_json::json!({"name":"stdout","text":"a"}),
+        ));
         c.apply(&msg("clear_output", serde_json::json!({"wait":false})));
         assert_eq!(c.outputs().stdout, "");
-        c.apply(&msg("stream", serde_json::json!({"name":"stdout","text":"b"})));
+        c.apply(&msg(
+            "stream",
+            serde_json::json!({"name":"stdout","text":"b"}),
+        ));
         c.apply(&msg("clear_output", serde_json::json!({"wait":true})));
         assert_eq!(c.outputs().stdout, "b");
-        c.apply(&msg("stream", serde_json::json!({"name":"stdout","text":"c"})));
+        c.apply(&msg(
+            "stream",
+            serde_json::json!({"name":"stdout","text":"c"}),
+        ));
         assert_eq!(c.outputs().stdout, "c");
     }
 
     #[test]
     fn cap_truncates() {
         let mut c = OutputCollector::new(4);
-        c.apply(&msg("stream", serde_json::json!({"name":"stdout","text":"abc"})));
-        c.apply(&msg("stream", serde_json::json!({"name":"stdout","text":"def"})));
+        c.apply(&msg(
+            "stream",
+            serde_json::json!({"name":"stdout","text":"abc"}),
+        ));
+        c.apply(&msg(
+            "stream",
+            serde_json::json!({"name":"stdout","text":"def"}),
+        ));
         let o = c.finish();
         assert_eq!(o.stdout, "abc");
         assert!(o.truncated);

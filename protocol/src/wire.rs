@@ -101,7 +101,11 @@ impl Signer {
         // Lowercase only, as jupyter_client compares the hex digest byte for
         // byte: `hex::decode` alone would also accept uppercase, so a message
         // with a re-cased signature would pass here and fail in Python.
-        if signature.len() != 64 || !signature.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if signature.len() != 64
+            || !signature
+                .iter()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(WireError::BadSignatureEncoding);
         }
         let raw = hex::decode(signature).map_err(|_| WireError::BadSignatureEncoding)?;

@@ -98,8 +98,29 @@ const KEYS: &[&str] = &[
 
 fn random_string(rng: &mut Rng) -> String {
     const PIECES: &[&str] = &[
-        "a", "Z", "0", " ", "\"", "\\", "\n", "\t", "\u{0}", "\u{1f}", "\u{7f}", "é", "\u{2028}",
-        "\u{fffd}", "\u{1F600}", "<IDS|MSG>", "{", "}", "[", "]", ":", ",", "null",
+        "a",
+        "Z",
+        "0",
+        " ",
+        "\"",
+        "\\",
+        "\n",
+        "\t",
+        "\u{0}",
+        "\u{1f}",
+        "\u{7f}",
+        "é",
+        "\u{2028}",
+        "\u{fffd}",
+        "\u{1F600}",
+        "<IDS|MSG>",
+        "{",
+        "}",
+        "[",
+        "]",
+        ":",
+        ",",
+        "null",
     ];
     let len = rng.below(12);
     (0..len).map(|_| *rng.pick(PIECES)).collect()
@@ -117,13 +138,21 @@ fn random_number(rng: &mut Rng) -> Value {
 }
 
 fn random_json(rng: &mut Rng, depth: usize) -> Value {
-    let pick = if depth == 0 { rng.below(5) } else { rng.below(7) };
+    let pick = if depth == 0 {
+        rng.below(5)
+    } else {
+        rng.below(7)
+    };
     match pick {
         0 => Value::Null,
         1 => Value::Bool(rng.chance(1, 2)),
         2 => random_number(rng),
         3 | 4 => Value::String(random_string(rng)),
-        5 => Value::Array((0..rng.below(4)).map(|_| random_json(rng, depth - 1)).collect()),
+        5 => Value::Array(
+            (0..rng.below(4))
+                .map(|_| random_json(rng, depth - 1))
+                .collect(),
+        ),
         _ => Value::Object(random_object(rng, depth - 1)),
     }
 }
@@ -193,9 +222,13 @@ fn random_frame_body(rng: &mut Rng) -> Vec<u8> {
     match rng.below(4) {
         0 => random_bytes(rng, 48),
         1 => random_json(rng, 3).to_string().into_bytes(),
-        2 => Value::Object(random_object(rng, 2)).to_string().into_bytes(),
+        2 => Value::Object(random_object(rng, 2))
+            .to_string()
+            .into_bytes(),
         _ => {
-            let mut v = Value::Object(random_object(rng, 2)).to_string().into_bytes();
+            let mut v = Value::Object(random_object(rng, 2))
+                .to_string()
+                .into_bytes();
             for _ in 0..1 + rng.below(3) {
                 let i = rng.below(v.len());
                 v[i] = rng.byte();
@@ -288,9 +321,14 @@ fn random_content(rng: &mut Rng) -> Content {
 
 /// A validly signed message with 0–3 idents and 0–3 buffers.
 fn random_valid(rng: &mut Rng, signer: &Signer) -> (Vec<Bytes>, Message, Vec<Bytes>) {
-    let mut msg = Message::new(random_content(rng), &random_string(rng), &random_string(rng));
+    let mut msg = Message::new(
+        random_content(rng),
+        &random_string(rng),
+        &random_string(rng),
+    );
     if rng.chance(1, 2) {
-        let parent = Header::new(*rng.pick(MSG_TYPES), "parent-session", "u");
+        let parent_type = *rng.pick(MSG_TYPES);
+        let parent = Header::new(parent_type, "parent-session", "u");
         msg.parent_header = serde_json::to_value(parent).expect("header serialises");
     }
     msg.metadata = random_object(rng, 2);
@@ -428,13 +466,21 @@ fn valid_messages_decode_and_every_truncation_fails() {
         // must be refused.
         for keep in 0..frames.len() {
             let cut = &frames[..keep];
-            check_raw(cut, &Limits::default(), &format!("case {case} cut to {keep}"));
+            check_raw(
+                cut,
+                &Limits::default(),
+                &format!("case {case} cut to {keep}"),
+            );
             let result = decode(cut, &signer);
             if keep >= first_buffer {
                 let (_, m) = result.unwrap_or_else(|e| {
                     panic!("case {case}: dropping buffers down to {keep} frames failed: {e}")
                 });
-                assert_eq!(m.buffers, &frames[first_buffer..keep], "case {case}: buffers");
+                assert_eq!(
+                    m.buffers,
+                    &frames[first_buffer..keep],
+                    "case {case}: buffers"
+                );
             } else {
                 let err = result.expect_err("truncated message decoded");
                 let want = if keep <= n_idents {
@@ -451,9 +497,8 @@ fn valid_messages_decode_and_every_truncation_fails() {
         for skip in 1..=frames.len() {
             let result = decode(&frames[skip..], &signer);
             if skip <= n_idents {
-                let (ids, m) = result.unwrap_or_else(|e| {
-                    panic!("case {case}: dropping {skip} idents failed: {e}")
-                });
+                let (ids, m) = result
+                    .unwrap_or_else(|e| panic!("case {case}: dropping {skip} idents failed: {e}"));
                 assert_eq!(ids, &idents[skip..], "case {case}: idents");
                 assert_eq!(m, msg, "case {case}: message");
             } else {
@@ -613,7 +658,9 @@ fn signed_garbage_never_panics_and_fails_only_on_bad_json() {
             random_frame_body(&mut rng)
         };
         let metadata = if rng.chance(3, 4) {
-            Value::Object(random_object(&mut rng, 2)).to_string().into_bytes()
+            Value::Object(random_object(&mut rng, 2))
+                .to_string()
+                .into_bytes()
         } else {
             random_frame_body(&mut rng)
         };
@@ -646,7 +693,11 @@ fn signed_garbage_never_panics_and_fails_only_on_bad_json() {
                 assert_eq!(ids, &idents, "case {case}: idents");
                 let h = header_ok.expect("header parsed");
                 assert_eq!(m.header, h, "case {case}: header");
-                assert_eq!(m.msg_type(), m.content.msg_type(), "case {case}: content type");
+                assert_eq!(
+                    m.msg_type(),
+                    m.content.msg_type(),
+                    "case {case}: content type"
+                );
             }
             (Err(WireError::BadJson { .. }), false) => {}
             _ => panic!(
@@ -655,7 +706,10 @@ fn signed_garbage_never_panics_and_fails_only_on_bad_json() {
             ),
         }
     }
-    assert!(decoded > 200, "only {decoded} signed random messages decoded");
+    assert!(
+        decoded > 200,
+        "only {decoded} signed random messages decoded"
+    );
 }
 
 #[test]

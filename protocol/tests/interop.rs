@@ -19,7 +19,12 @@ use std::time::Duration;
 const PY_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn to_hex_list(frames: &[Bytes]) -> Value {
-    Value::Array(frames.iter().map(|f| Value::String(hex::encode(f))).collect())
+    Value::Array(
+        frames
+            .iter()
+            .map(|f| Value::String(hex::encode(f)))
+            .collect(),
+    )
 }
 
 fn from_hex_list(v: &Value) -> Vec<Bytes> {
@@ -27,7 +32,9 @@ fn from_hex_list(v: &Value) -> Vec<Bytes> {
         .unwrap_or_else(|| panic!("expected a list of hex frames, got {v}"))
         .iter()
         .map(|f| {
-            let s = f.as_str().unwrap_or_else(|| panic!("frame is not a string: {f}"));
+            let s = f
+                .as_str()
+                .unwrap_or_else(|| panic!("frame is not a string: {f}"));
             Bytes::from(hex::decode(s).unwrap_or_else(|e| panic!("frame {s:?} is not hex: {e}")))
         })
         .collect()
@@ -138,7 +145,11 @@ fn python_signed_messages_verify_in_rust_and_tampering_is_caught() {
             d["parent_msg_id"].as_str(),
             "{what}: parent msg_id"
         );
-        assert_eq!(Value::Object(msg.metadata.clone()), d["metadata"], "{what}: metadata");
+        assert_eq!(
+            Value::Object(msg.metadata.clone()),
+            d["metadata"],
+            "{what}: metadata"
+        );
         assert_eq!(msg.content.to_value(), d["content"], "{what}: content");
         assert_eq!(msg.buffers, from_hex_list(&d["buffers"]), "{what}: buffers");
 
@@ -165,7 +176,10 @@ fn python_signed_messages_verify_in_rust_and_tampering_is_caught() {
                 }
             }
             if !original.is_empty() {
-                variants.push(("last byte removed".into(), original[..original.len() - 1].to_vec()));
+                variants.push((
+                    "last byte removed".into(),
+                    original[..original.len() - 1].to_vec(),
+                ));
             }
             let mut appended = original.to_vec();
             appended.push(b' ');
@@ -263,7 +277,10 @@ fn rust_messages() -> Vec<(Message, Vec<Bytes>)> {
     );
     out.push((first.clone(), vec![]));
 
-    out.push((Message::new(Content::KernelInfoRequest, session, user), vec![]));
+    out.push((
+        Message::new(Content::KernelInfoRequest, session, user),
+        vec![],
+    ));
 
     let mut reply = Message::new(
         Content::InputReply(InputReply {
@@ -277,7 +294,10 @@ fn rust_messages() -> Vec<(Message, Vec<Bytes>)> {
 
     let mut data = JsonMap::new();
     data.insert("method".into(), json!("update"));
-    data.insert("state".into(), json!({"value": 3, "nested": [1, 2.5, null, "x"]}));
+    data.insert(
+        "state".into(),
+        json!({"value": 3, "nested": [1, 2.5, null, "x"]}),
+    );
     let mut comm = Message::new(
         Content::CommMsg(Comm {
             comm_id: "c0ffee".into(),
@@ -288,7 +308,8 @@ fn rust_messages() -> Vec<(Message, Vec<Bytes>)> {
         session,
         user,
     );
-    comm.metadata.insert("buffer_paths".into(), json!([["state", "b"]]));
+    comm.metadata
+        .insert("buffer_paths".into(), json!([["state", "b"]]));
     comm.buffers = vec![
         Bytes::from_static(b"\x00\x01\x02\xff"),
         Bytes::new(),
@@ -408,7 +429,10 @@ fn python_check_script_rejects_a_bad_signature() {
         String::from_utf8_lossy(&out.stdout)
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("python computes"), "unexpected failure: {stderr}");
+    assert!(
+        stderr.contains("python computes"),
+        "unexpected failure: {stderr}"
+    );
 }
 
 /// Python's verdict on each frame set: does `Session.deserialize` accept it?
@@ -449,19 +473,34 @@ fn rust_and_python_agree_on_which_frames_are_valid() {
     let mut variants: Vec<(&str, Vec<Bytes>)> = vec![
         ("untouched", base.clone()),
         ("no idents", base[1..].to_vec()),
-        ("more idents", [vec![Bytes::from_static(b"x")], base.clone()].concat()),
+        (
+            "more idents",
+            [vec![Bytes::from_static(b"x")], base.clone()].concat(),
+        ),
         ("buffers dropped", base[..sig + 5].to_vec()),
-        ("buffer appended", [base.clone(), vec![Bytes::from_static(b"extra")]].concat()),
+        (
+            "buffer appended",
+            [base.clone(), vec![Bytes::from_static(b"extra")]].concat(),
+        ),
         ("buffer changed", with(sig + 5, b"changed".to_vec())),
-        ("signature uppercased", with(sig, base[sig].to_ascii_uppercase())),
+        (
+            "signature uppercased",
+            with(sig, base[sig].to_ascii_uppercase()),
+        ),
         ("signature truncated", with(sig, base[sig][..63].to_vec())),
-        ("signature extended", with(sig, [&base[sig][..], b"0"].concat())),
+        (
+            "signature extended",
+            with(sig, [&base[sig][..], b"0"].concat()),
+        ),
         ("signature empty", with(sig, Vec::new())),
         ("signature from another key", {
             let parts = [&base[3][..], &base[4][..], &base[5][..], &base[6][..]];
             with(sig, other_key.sign(parts).into_bytes())
         }),
-        ("header space appended", with(3, [&base[3][..], b" "].concat())),
+        (
+            "header space appended",
+            with(3, [&base[3][..], b" "].concat()),
+        ),
         ("parent header emptied", with(4, b"{}".to_vec())),
         ("metadata changed", with(5, b"{\"a\":1}".to_vec())),
         ("content changed", with(6, b"{}".to_vec())),

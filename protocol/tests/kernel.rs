@@ -94,7 +94,11 @@ impl Kernel {
             info.language_info
         );
         assert!(
-            kernel.child.try_wait().expect("polling the kernel").is_none(),
+            kernel
+                .child
+                .try_wait()
+                .expect("polling the kernel")
+                .is_none(),
             "the kernel exited during startup"
         );
         (kernel, client)
@@ -122,7 +126,11 @@ impl Kernel {
 impl Drop for Kernel {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- kernel log ({})\n{}", self.dir.path().display(), self.log());
+            eprintln!(
+                "--- kernel log ({})\n{}",
+                self.dir.path().display(),
+                self.log()
+            );
         }
     }
 }
@@ -184,7 +192,11 @@ impl Ran {
 
     fn check_routing(&self, code: &str) {
         assert_eq!(self.replies, 1, "{code:?}: exactly one execute_reply");
-        assert!(self.others.is_empty(), "{code:?}: unexpected {:?}", self.others);
+        assert!(
+            self.others.is_empty(),
+            "{code:?}: unexpected {:?}",
+            self.others
+        );
         for m in &self.iopub {
             assert_eq!(
                 m.parent_msg_id(),
@@ -202,8 +214,16 @@ impl Ran {
                 _ => None,
             })
             .collect();
-        assert_eq!(states.first(), Some(&"busy"), "{code:?}: status sequence {states:?}");
-        assert_eq!(states.last(), Some(&"idle"), "{code:?}: status sequence {states:?}");
+        assert_eq!(
+            states.first(),
+            Some(&"busy"),
+            "{code:?}: status sequence {states:?}"
+        );
+        assert_eq!(
+            states.last(),
+            Some(&"idle"),
+            "{code:?}: status sequence {states:?}"
+        );
         let echoed = self.iopub.iter().find_map(|m| match &m.content {
             Content::ExecuteInput(i) => Some(i.code.as_str()),
             _ => None,
@@ -277,23 +297,35 @@ async fn an_exception_gives_an_error_reply_and_an_iopub_error() {
     assert_eq!(after.stdout(), "still here\n");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_thousand_lines_arrive_in_order() {
-    let (_kernel, client) = Kernel::start().await;
-
-    let code = "for i in range(5000): print(i)";
-    let ran = run(&client, code).await;
+/// Runs `code`, which must print 0..5000 one per line, and checks that
+/// [`OutputCollector`] reassembles every line in order from at least
+/// `min_streams` stream messages.
+async fn check_5000_lines(client: &KernelClient, code: &str, min_streams: usize) {
+    let ran = run(client, code).await;
     ran.check_routing(code);
     assert_eq!(ran.exec.reply().map(|r| r.status.as_str()), Some("ok"));
+    let streams = ran
+        .iopub
+        .iter()
+        .filter(|m| matches!(m.content, Content::Stream(_)))
+        .count();
+    assert!(
+        streams >= min_streams,
+        "{code:?}: {streams} stream messages, expected at least {min_streams}"
+    );
 
     let mut collector = OutputCollector::new(1 << 20);
     for m in &ran.iopub {
         collector.apply(m);
     }
     let out = collector.finish();
-    assert!(!out.truncated, "output was truncated");
-    assert_eq!(out.stderr, "", "unexpected stderr");
-    assert!(out.error.is_none(), "unexpected error {:?}", out.error);
+    assert!(!out.truncated, "{code:?}: output was truncated");
+    assert_eq!(out.stderr, "", "{code:?}: unexpected stderr");
+    assert!(
+        out.error.is_none(),
+        "{code:?}: unexpected error {:?}",
+        out.error
+    );
     let expected: String = (0..5000).map(|i| format!("{i}\n")).collect();
     if out.stdout != expected {
         let got: Vec<&str> = out.stdout.lines().collect();
@@ -301,11 +333,25 @@ async fn five_thousand_lines_arrive_in_order() {
             .find(|&i| got.get(i).copied() != Some(i.to_string().as_str()))
             .unwrap_or(5000);
         panic!(
-            "stdout differs: {} lines, first wrong line {first_bad}: {:?}",
+            "{code:?}: stdout differs: {} lines, first wrong line {first_bad}: {:?}",
             got.len(),
             got.get(first_bad)
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_lines_arrive_in_order() {
+    let (_kernel, client) = Kernel::start().await;
+    check_5000_lines(&client, "for i in range(5000): print(i)", 1).await;
+    // The same with a flush every 250 lines, so the text is spread over at
+    // least 20 stream messages and their order matters.
+    check_5000_lines(
+        &client,
+        "import sys\nfor i in range(5000):\n    print(i)\n    if i % 250 == 0: sys.stdout.flush()",
+        20,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,9 +371,22 @@ async fn ping_then_shutdown_ends_the_process() {
     assert!(status.success(), "kernel exited with {status}");
 
     // Nobody answers the heartbeat any more.
-    let ping = within(STEP, "a heartbeat after exit", client.ping(Duration::from_secs(2))).await;
+    let ping = within(
+        STEP,
+        "a heartbeat after exit",
+        client.ping(Duration::from_secs(2)),
+    )
+    .await;
     assert!(ping.is_err(), "heartbeat answered after the kernel exited");
     // No request can be answered either.
-    let info = within(STEP, "kernel_info after exit", client.kernel_info(Duration::from_secs(2))).await;
-    assert!(info.is_err(), "kernel_info answered after the kernel exited");
+    let info = within(
+        STEP,
+        "kernel_info after exit",
+        client.kernel_info(Duration::from_secs(2)),
+    )
+    .await;
+    assert!(
+        info.is_err(),
+        "kernel_info answered after the kernel exited"
+    );
 }
