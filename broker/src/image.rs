@@ -33,7 +33,10 @@ pub enum ImageError {
         source: std::io::Error,
     },
     #[error("locking {path}: {errno}")]
-    Lock { path: String, errno: nix::errno::Errno },
+    Lock {
+        path: String,
+        errno: nix::errno::Errno,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -200,14 +203,23 @@ fn build(image: &Image, spec: &ImageSpec, python: &str) -> Result<(), ImageError
     let py = image.python();
     run(
         Command::new(&py)
-            .args(["-m", "pip", "install", "--no-input", "--disable-pip-version-check"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--no-input",
+                "--disable-pip-version-check",
+            ])
             .args(["--progress-bar", "off", "-r"])
             .arg(&req)
             .stdout(Stdio::inherit()),
         "pip install -r requirements.txt",
     )?;
     let purelib = run(
-        Command::new(&py).args(["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]),
+        Command::new(&py).args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ]),
         "locating site-packages",
     )?;
     let launcher = Path::new(&purelib).join("cellblock_kernel.py");
@@ -240,8 +252,11 @@ fn build(image: &Image, spec: &ImageSpec, python: &str) -> Result<(), ImageError
         "built_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     });
     let meta_path = dir.join("image.json");
-    fs::write(&meta_path, serde_json::to_vec_pretty(&meta).unwrap_or_default())
-        .map_err(io_err(&meta_path))?;
+    fs::write(
+        &meta_path,
+        serde_json::to_vec_pretty(&meta).unwrap_or_default(),
+    )
+    .map_err(io_err(&meta_path))?;
     let done = dir.join(".complete");
     fs::write(&done, b"").map_err(io_err(&done))?;
     Ok(())

@@ -24,7 +24,9 @@ pub fn is_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             // The state follows the last ')' (the command name may contain one).
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim().chars().next());
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim().chars().next());
             !matches!(state, Some('Z') | Some('X') | None)
         }
         Err(_) => false,

@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "cellblock", version, about = "A self-hosted code interpreter for AI agents")]
+#[command(
+    name = "cellblock",
+    version,
+    about = "A self-hosted code interpreter for AI agents"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -61,6 +61,9 @@ impl Kernel {
             .env("IPYTHONDIR", dir.path().join("ipython"))
             .env("JUPYTER_RUNTIME_DIR", dir.path().join("runtime"))
             .env("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+            // If this test process dies without dropping the child (SIGKILL),
+            // ipykernel's parent poller still ends the kernel.
+            .env("JPY_PARENT_PID", std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

@@ -26,7 +26,10 @@ fn stats(mut v: Vec<Duration>) -> serde_json::Value {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let n: usize = std::env::var("BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(500);
+    let n: usize = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500);
     let s = Server::start();
 
     let mut create = Vec::new();
@@ -51,12 +54,20 @@ async fn main() {
     let simple = uuid::Uuid::parse_str(&id).unwrap().simple().to_string();
     let conn_path = s.data_dir.join("run").join(simple).join("k0.json");
     let conn = ConnectionInfo::read(&conn_path).expect("connection file");
-    let client = KernelClient::connect(&conn, ClientOptions::default()).await.expect("connect");
-    client.wait_ready(Duration::from_secs(10)).await.expect("ready");
+    let client = KernelClient::connect(&conn, ClientOptions::default())
+        .await
+        .expect("connect");
+    client
+        .wait_ready(Duration::from_secs(10))
+        .await
+        .expect("ready");
     let mut direct = Vec::with_capacity(n);
     for i in 0..n + 20 {
         let t = Instant::now();
-        let mut exec = client.execute(ExecuteRequest::new("pass")).await.expect("execute");
+        let mut exec = client
+            .execute(ExecuteRequest::new("pass"))
+            .await
+            .expect("execute");
         while exec.next().await.is_some() {}
         assert!(exec.is_complete());
         if i >= 20 {
@@ -74,16 +85,30 @@ async fn main() {
         "http_over_direct_median_ratio": ratio,
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     });
-    println!("{:<28} {:>6} {:>10} {:>10} {:>10}", "figure", "n", "median ms", "p90 ms", "p99 ms");
-    for key in ["create_to_ready", "http_execute_pass", "direct_zmq_execute_pass"] {
+    println!(
+        "{:<28} {:>6} {:>10} {:>10} {:>10}",
+        "figure", "n", "median ms", "p90 ms", "p99 ms"
+    );
+    for key in [
+        "create_to_ready",
+        "http_execute_pass",
+        "direct_zmq_execute_pass",
+    ] {
         let r = &report[key];
         println!(
             "{:<28} {:>6} {:>10.2} {:>10.2} {:>10.2}",
-            key, r["n"], r["median_ms"].as_f64().unwrap(), r["p90_ms"].as_f64().unwrap(), r["p99_ms"].as_f64().unwrap()
+            key,
+            r["n"],
+            r["median_ms"].as_f64().unwrap(),
+            r["p90_ms"].as_f64().unwrap(),
+            r["p99_ms"].as_f64().unwrap()
         );
     }
     println!("HTTP / direct median ratio: {ratio:.2}x (target ≤ 1.15x)");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     let _ = std::fs::create_dir_all(&out);
-    let _ = std::fs::write(out.join("roundtrip.json"), serde_json::to_vec_pretty(&report).unwrap());
+    let _ = std::fs::write(
+        out.join("roundtrip.json"),
+        serde_json::to_vec_pretty(&report).unwrap(),
+    );
 }

@@ -45,7 +45,10 @@ pub fn images_dir() -> PathBuf {
 
 /// A fresh short data dir (unix socket paths must stay short).
 pub fn temp_data_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cbt-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]));
+    let dir = std::env::temp_dir().join(format!(
+        "cbt-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    ));
     std::fs::create_dir_all(&dir).expect("creating data dir");
     dir
 }
@@ -191,8 +194,11 @@ impl Server {
     pub async fn exec_with(&self, id: &str, body: Value) -> Value {
         let (status, v) = self
             .call(
-                self.req(reqwest::Method::POST, &format!("/v1/sandboxes/{id}/execute"))
-                    .json(&body),
+                self.req(
+                    reqwest::Method::POST,
+                    &format!("/v1/sandboxes/{id}/execute"),
+                )
+                .json(&body),
             )
             .await;
         assert_eq!(status, 200, "execute failed: {v}");

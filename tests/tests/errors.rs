@@ -6,7 +6,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 fn code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code in {v}"))
+    v["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {v}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,27 +19,114 @@ async fn bad_requests_get_clear_errors() {
     let unknown = uuid::Uuid::new_v4();
 
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
-        (s.req(Method::GET, &format!("/v1/sandboxes/{unknown}")), 404, "sandbox_not_found"),
-        (s.req(Method::POST, &format!("/v1/sandboxes/{unknown}/execute")).json(&json!({"code": "1"})), 404, "sandbox_not_found"),
-        (s.req(Method::DELETE, &format!("/v1/sandboxes/{unknown}")), 404, "sandbox_not_found"),
-        (s.req(Method::GET, "/v1/sandboxes/not-a-uuid"), 404, "sandbox_not_found"),
-        (s.req(Method::POST, &exec).body("{\"code\": "), 400, "invalid_json"),
-        (s.req(Method::POST, &exec).body("not json"), 400, "invalid_json"),
+        (
+            s.req(Method::GET, &format!("/v1/sandboxes/{unknown}")),
+            404,
+            "sandbox_not_found",
+        ),
+        (
+            s.req(Method::POST, &format!("/v1/sandboxes/{unknown}/execute"))
+                .json(&json!({"code": "1"})),
+            404,
+            "sandbox_not_found",
+        ),
+        (
+            s.req(Method::DELETE, &format!("/v1/sandboxes/{unknown}")),
+            404,
+            "sandbox_not_found",
+        ),
+        (
+            s.req(Method::GET, "/v1/sandboxes/not-a-uuid"),
+            404,
+            "sandbox_not_found",
+        ),
+        (
+            s.req(Method::POST, &exec).body("{\"code\": "),
+            400,
+            "invalid_json",
+        ),
+        (
+            s.req(Method::POST, &exec).body("not json"),
+            400,
+            "invalid_json",
+        ),
         (s.req(Method::POST, &exec), 400, "empty_body"),
-        (s.req(Method::POST, &exec).json(&json!({})), 422, "invalid_request"),
-        (s.req(Method::POST, &exec).json(&json!({"code": 5})), 422, "invalid_request"),
-        (s.req(Method::POST, &exec).json(&json!({"code": "1", "timout_s": 1})), 422, "invalid_request"),
-        (s.req(Method::POST, &exec).json(&json!({"code": "1", "timeout_s": -1})), 422, "invalid_request"),
-        (s.req(Method::POST, &exec).json(&json!({"code": "1", "timeout_s": 1e9})), 422, "invalid_request"),
-        (s.req(Method::POST, &exec).json(&json!({"code": "x".repeat(2 << 20)})), 413, "payload_too_large"),
-        (s.req(Method::POST, "/v1/sandboxes").json(&json!({"image": "ruby"})), 422, "unknown_image"),
-        (s.req(Method::POST, "/v1/sandboxes").json(&json!({"idle_timeout_s": 0})), 422, "invalid_request"),
-        (s.req(Method::POST, "/v1/sandboxes").json(&json!({"env": {"1BAD": "x"}})), 422, "invalid_request"),
-        (s.req(Method::POST, "/v1/sandboxes").json(&json!({"env": {"HOME": "/"}})), 422, "invalid_request"),
-        (s.req(Method::POST, "/v1/sandboxes").json(&json!({"env": {"A": "a\u{0}b"}})), 422, "invalid_request"),
-        (s.req(Method::POST, "/v1/sandboxes").json(&json!({"bogus": 1})), 422, "invalid_request"),
+        (
+            s.req(Method::POST, &exec).json(&json!({})),
+            422,
+            "invalid_request",
+        ),
+        (
+            s.req(Method::POST, &exec).json(&json!({"code": 5})),
+            422,
+            "invalid_request",
+        ),
+        (
+            s.req(Method::POST, &exec)
+                .json(&json!({"code": "1", "timout_s": 1})),
+            422,
+            "invalid_request",
+        ),
+        (
+            s.req(Method::POST, &exec)
+                .json(&json!({"code": "1", "timeout_s": -1})),
+            422,
+            "invalid_request",
+        ),
+        (
+            s.req(Method::POST, &exec)
+                .json(&json!({"code": "1", "timeout_s": 1e9})),
+            422,
+            "invalid_request",
+        ),
+        (
+            s.req(Method::POST, &exec)
+                .json(&json!({"code": "x".repeat(2 << 20)})),
+            413,
+            "payload_too_large",
+        ),
+        (
+            s.req(Method::POST, "/v1/sandboxes")
+                .json(&json!({"image": "ruby"})),
+            422,
+            "unknown_image",
+        ),
+        (
+            s.req(Method::POST, "/v1/sandboxes")
+                .json(&json!({"idle_timeout_s": 0})),
+            422,
+            "invalid_request",
+        ),
+        (
+            s.req(Method::POST, "/v1/sandboxes")
+                .json(&json!({"env": {"1BAD": "x"}})),
+            422,
+            "invalid_request",
+        ),
+        (
+            s.req(Method::POST, "/v1/sandboxes")
+                .json(&json!({"env": {"HOME": "/"}})),
+            422,
+            "invalid_request",
+        ),
+        (
+            s.req(Method::POST, "/v1/sandboxes")
+                .json(&json!({"env": {"A": "a\u{0}b"}})),
+            422,
+            "invalid_request",
+        ),
+        (
+            s.req(Method::POST, "/v1/sandboxes")
+                .json(&json!({"bogus": 1})),
+            422,
+            "invalid_request",
+        ),
         (s.req(Method::GET, "/v1/nothing-here"), 404, "not_found"),
-        (s.req(Method::PUT, "/v1/sandboxes"), 405, "method_not_allowed"),
+        (
+            s.req(Method::PUT, "/v1/sandboxes"),
+            405,
+            "method_not_allowed",
+        ),
         (s.req(Method::GET, &exec), 405, "method_not_allowed"),
     ];
     for (rb, status, want) in cases {
@@ -62,7 +151,9 @@ async fn api_key_is_required_when_set() {
     assert_eq!((st, code(&body)), (401, "unauthorized"));
     let (st, body) = s.call(s.http.get(&url).bearer_auth("wrong")).await;
     assert_eq!((st, code(&body)), (401, "unauthorized"));
-    let (st, _) = s.call(s.http.get(&url).header("Authorization", "s3cret-key")).await;
+    let (st, _) = s
+        .call(s.http.get(&url).header("Authorization", "s3cret-key"))
+        .await;
     assert_eq!(st, 401);
     let (st, _) = s.call(s.http.get(format!("{}/healthz", s.base))).await;
     assert_eq!(st, 200, "health needs no key");

@@ -17,7 +17,12 @@ async fn state_persists_across_calls() {
     assert_eq!(r["stderr"], "");
     let r = s.exec(&id, "def double(v):\n    return v * 2").await;
     assert_eq!(r["status"], "ok", "{r}");
-    let r = s.exec(&id, "import sys\nprint(double(x)); print('warn', file=sys.stderr)").await;
+    let r = s
+        .exec(
+            &id,
+            "import sys\nprint(double(x)); print('warn', file=sys.stderr)",
+        )
+        .await;
     assert_eq!(r["stdout"], "42\n", "{r}");
     assert_eq!(r["stderr"], "warn\n", "{r}");
     assert_eq!(r["execution_count"], 4, "{r}");
@@ -52,14 +57,29 @@ async fn charts_and_tables_are_rich_outputs() {
         assert!(bytes.len() > 1000);
     }
     let r = s
-        .exec(&id, "import pandas as pd\npd.DataFrame({'a': [1, 2], 'b': ['x', 'y']})")
+        .exec(
+            &id,
+            "import pandas as pd\npd.DataFrame({'a': [1, 2], 'b': ['x', 'y']})",
+        )
         .await;
     let out = &r["outputs"][0];
     assert_eq!(out["type"], "execute_result", "{r}");
-    assert!(out["data"]["text/html"].as_str().unwrap().contains("<table"), "{r}");
-    assert!(out["data"]["text/plain"].as_str().unwrap().contains('x'), "{r}");
+    assert!(
+        out["data"]["text/html"]
+            .as_str()
+            .unwrap()
+            .contains("<table"),
+        "{r}"
+    );
+    assert!(
+        out["data"]["text/plain"].as_str().unwrap().contains('x'),
+        "{r}"
+    );
     let r = s
-        .exec(&id, "from IPython.display import display, HTML\ndisplay(HTML('<b>hi</b>'))")
+        .exec(
+            &id,
+            "from IPython.display import display, HTML\ndisplay(HTML('<b>hi</b>'))",
+        )
         .await;
     assert_eq!(r["outputs"][0]["type"], "display_data", "{r}");
     assert_eq!(r["outputs"][0]["data"]["text/html"], "<b>hi</b>", "{r}");
@@ -76,7 +96,10 @@ async fn errors_carry_tracebacks() {
     assert_eq!(r["error"]["evalue"], "division by zero", "{r}");
     let tb = r["error"]["traceback"].as_array().unwrap();
     assert!(!tb.is_empty(), "{r}");
-    assert!(tb.iter().any(|l| l.as_str().unwrap().contains("1/0")), "{r}");
+    assert!(
+        tb.iter().any(|l| l.as_str().unwrap().contains("1/0")),
+        "{r}"
+    );
     // Tracebacks are plain text for agents: no ANSI colour codes.
     assert!(!r.to_string().contains("\\u001b["), "{r}");
     let r = s.exec(&id, "def f(:").await;
@@ -111,7 +134,9 @@ async fn timeout_restarts_a_kernel_that_ignores_sigint() {
     let id = s.create(json!({})).await;
     s.exec(&id, "lost = 1").await;
     let code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: time.sleep(0.1)";
-    let r = s.exec_with(&id, json!({"code": code, "timeout_s": 1})).await;
+    let r = s
+        .exec_with(&id, json!({"code": code, "timeout_s": 1}))
+        .await;
     assert_eq!(r["status"], "timeout", "{r}");
     assert_eq!(r["state_lost"], true, "{r}");
     assert_eq!(r["kernel_restarted"], true, "{r}");
@@ -124,7 +149,9 @@ async fn kernel_death_is_reported_and_recovered() {
     let s = Server::start();
     let id = s.create(json!({})).await;
     s.exec(&id, "x = 1").await;
-    let r = s.exec(&id, "import os; print('bye', flush=True); os._exit(1)").await;
+    let r = s
+        .exec(&id, "import os; print('bye', flush=True); os._exit(1)")
+        .await;
     assert_eq!(r["status"], "crashed", "{r}");
     assert_eq!(r["state_lost"], true, "{r}");
     assert_eq!(r["kernel_restarted"], true, "{r}");
@@ -133,7 +160,12 @@ async fn kernel_death_is_reported_and_recovered() {
     assert_eq!(r["stdout"], "False\n", "{r}");
     assert_eq!(r["execution_count"], 1, "a fresh kernel counts from 1: {r}");
     // A kernel killed between executions is replaced on the next one.
-    let r = s.exec(&id, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)").await;
+    let r = s
+        .exec(
+            &id,
+            "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+        )
+        .await;
     assert_eq!(r["status"], "crashed", "{r}");
     let r = s.exec(&id, "print(2)").await;
     assert_eq!(r["stdout"], "2\n", "{r}");

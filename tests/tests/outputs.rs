@@ -10,20 +10,30 @@ async fn a_flood_of_output_arrives_complete_and_in_order() {
     let s = Server::start();
     let id = s.create(json!({})).await;
     let r = s
-        .exec_with(&id, json!({"code": "for i in range(30000):\n    print(i, flush=True)", "timeout_s": 120}))
+        .exec_with(
+            &id,
+            json!({"code": "for i in range(30000):\n    print(i, flush=True)", "timeout_s": 120}),
+        )
         .await;
     assert_eq!(r["status"], "ok", "{}", r["error"]);
     assert_eq!(r["truncated"], false);
     let out = r["stdout"].as_str().unwrap();
     let want: String = (0..30000).map(|i| format!("{i}\n")).collect();
-    assert!(out == want, "lost or reordered output: {} bytes of {}", out.len(), want.len());
+    assert!(
+        out == want,
+        "lost or reordered output: {} bytes of {}",
+        out.len(),
+        want.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_beyond_the_cap_is_dropped_and_flagged() {
     let s = Server::start_with(&["--max-output-mb", "1"]);
     let id = s.create(json!({})).await;
-    let r = s.exec(&id, "print('x' * (3 * 1024 * 1024))\nprint('after')").await;
+    let r = s
+        .exec(&id, "print('x' * (3 * 1024 * 1024))\nprint('after')")
+        .await;
     assert_eq!(r["truncated"], true, "{}", r["truncated"]);
     assert!(r["stdout"].as_str().unwrap().len() <= 1024 * 1024);
     let r = s.exec(&id, "print('next')").await;
@@ -62,6 +72,10 @@ async fn the_kernel_gets_only_its_own_environment() {
     let (_, v) = s
         .call(s.req(reqwest::Method::GET, &format!("/v1/sandboxes/{id}")))
         .await;
-    assert_eq!(v["env_keys"], json!(["AGENT_TOKEN", "PATH_EXTRA"]), "values are never echoed: {v}");
+    assert_eq!(
+        v["env_keys"],
+        json!(["AGENT_TOKEN", "PATH_EXTRA"]),
+        "values are never echoed: {v}"
+    );
     assert!(!v.to_string().contains("given"));
 }

@@ -51,8 +51,12 @@ async fn require_key(State(state): State<AppState>, req: Request, next: Next) ->
         .map(|k| Sha256::digest(k.trim().as_bytes()));
     match given {
         Some(d) if bool::from(d.as_slice().ct_eq(&want)) => next.run(req).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the API key is wrong")
-            .into_response(),
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the API key is wrong",
+        )
+        .into_response(),
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -64,7 +68,11 @@ async fn require_key(State(state): State<AppState>, req: Request, next: Next) ->
 
 async fn healthz(State(state): State<AppState>) -> Response {
     let m = &state.manager;
-    let status = if m.is_shutting_down() { "shutting_down" } else { "ok" };
+    let status = if m.is_shutting_down() {
+        "shutting_down"
+    } else {
+        "ok"
+    };
     let code = if m.is_shutting_down() {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -93,16 +101,18 @@ async fn method_not_allowed() -> ApiError {
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a handler panicked");
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
+    .into_response()
 }
 
 /// The whole HTTP application.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let v1 = Router::new()
-        .route(
-            "/sandboxes",
-            post(sandboxes::create).get(sandboxes::list),
-        )
+        .route("/sandboxes", post(sandboxes::create).get(sandboxes::list))
         .route(
             "/sandboxes/{id}",
             get(sandboxes::get_one).delete(sandboxes::delete),
@@ -118,7 +128,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -56,11 +56,15 @@ fn valid_env_key(k: &str) -> bool {
 
 fn validate_env(env: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ApiError> {
     if env.len() > MAX_ENV_VARS {
-        return Err(ApiError::invalid(format!("env has more than {MAX_ENV_VARS} variables")));
+        return Err(ApiError::invalid(format!(
+            "env has more than {MAX_ENV_VARS} variables"
+        )));
     }
     let total: usize = env.iter().map(|(k, v)| k.len() + v.len()).sum();
     if total > MAX_ENV_BYTES {
-        return Err(ApiError::invalid(format!("env is larger than {MAX_ENV_BYTES} bytes")));
+        return Err(ApiError::invalid(format!(
+            "env is larger than {MAX_ENV_BYTES} bytes"
+        )));
     }
     for (k, v) in &env {
         if !valid_env_key(k) {
@@ -69,10 +73,14 @@ fn validate_env(env: BTreeMap<String, String>) -> Result<BTreeMap<String, String
             )));
         }
         if RESERVED_ENV.contains(&k.as_str()) {
-            return Err(ApiError::invalid(format!("env name {k:?} is set by cellblock")));
+            return Err(ApiError::invalid(format!(
+                "env name {k:?} is set by cellblock"
+            )));
         }
         if v.contains('\0') {
-            return Err(ApiError::invalid(format!("env value of {k:?} contains a NUL byte")));
+            return Err(ApiError::invalid(format!(
+                "env value of {k:?} contains a NUL byte"
+            )));
         }
     }
     Ok(env)
@@ -89,7 +97,10 @@ pub async fn create(
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unknown_image",
-            format!("unknown image {image:?}; available: {}", state.manager.image().name),
+            format!(
+                "unknown image {image:?}; available: {}",
+                state.manager.image().name
+            ),
         ));
     }
     let idle = match req.idle_timeout_s {
@@ -105,7 +116,9 @@ pub async fn create(
     };
     let metadata = req.metadata.unwrap_or_default();
     if serde_json::to_vec(&metadata).map_or(0, |v| v.len()) > MAX_METADATA_BYTES {
-        return Err(ApiError::invalid(format!("metadata is larger than {MAX_METADATA_BYTES} bytes")));
+        return Err(ApiError::invalid(format!(
+            "metadata is larger than {MAX_METADATA_BYTES} bytes"
+        )));
     }
     let opts = CreateOptions {
         idle_timeout: idle,
@@ -160,8 +173,10 @@ pub async fn execute(
     let cfg = state.manager.config();
     let timeout = match req.timeout_s {
         None => cfg.default_timeout,
-        Some(t) if !(t > 0.0) || !t.is_finite() => {
-            return Err(ApiError::invalid("timeout_s must be a positive number of seconds"))
+        Some(t) if t.is_nan() || t <= 0.0 || !t.is_finite() => {
+            return Err(ApiError::invalid(
+                "timeout_s must be a positive number of seconds",
+            ))
         }
         Some(t) if t > cfg.max_timeout.as_secs_f64() => {
             return Err(ApiError::invalid(format!(
@@ -187,7 +202,9 @@ pub async fn interrupt(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let sandbox = state.manager.get(parse_id(&id)?)?;
     let was_busy = sandbox.interrupt();
-    Ok(Json(serde_json::json!({"id": sandbox.id, "interrupted": was_busy})))
+    Ok(Json(
+        serde_json::json!({"id": sandbox.id, "interrupted": was_busy}),
+    ))
 }
 
 /// `POST /v1/sandboxes/{id}/restart`: a fresh kernel; state is lost.

@@ -15,7 +15,7 @@ use super::{ExecutionId, Sandbox, SandboxError};
 use crate::isolation;
 use cellblock_protocol::client::{Execution, ExecutionEvent};
 use cellblock_protocol::message::{ErrorContent, ExecuteRequest};
-use cellblock_protocol::outputs::{OutputCollector, Output};
+use cellblock_protocol::outputs::{Output, OutputCollector};
 use nix::sys::signal::Signal;
 use serde::Serialize;
 use std::sync::atomic::Ordering;

@@ -97,7 +97,10 @@ impl KernelProcess {
             copy_dir(&spec.image.mpl_cache(), &mpl).map_err(prepare_err(&mpl))?;
         }
 
-        let path_var = format!("{}:/usr/local/bin:/usr/bin:/bin", spec.image.bin_dir().display());
+        let path_var = format!(
+            "{}:/usr/local/bin:/usr/bin:/bin",
+            spec.image.bin_dir().display()
+        );
         let mut cmd = tokio::process::Command::new(spec.image.python());
         cmd.arg("-m")
             .arg("cellblock_kernel")
@@ -194,7 +197,10 @@ impl KernelProcess {
             }
             Err(_) => {
                 isolation::signal_group(pid, Signal::SIGKILL);
-                Err(KernelError::StartTimeout(spec.start_timeout, tail(&stderr_tail)))
+                Err(KernelError::StartTimeout(
+                    spec.start_timeout,
+                    tail(&stderr_tail),
+                ))
             }
         }
     }

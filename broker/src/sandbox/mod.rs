@@ -311,7 +311,9 @@ impl Manager {
         let max = self.cfg.max_sandboxes;
         if self
             .slots
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
             .is_err()
         {
             return Err(SandboxError::TooMany(max));
@@ -371,7 +373,10 @@ impl Manager {
 
     /// Looks a sandbox up.
     pub fn get(&self, id: SandboxId) -> Result<Arc<Sandbox>, SandboxError> {
-        self.read().get(&id).cloned().ok_or(SandboxError::NotFound(id))
+        self.read()
+            .get(&id)
+            .cloned()
+            .ok_or(SandboxError::NotFound(id))
     }
 
     /// Every live sandbox, oldest first.
