@@ -233,13 +233,17 @@ pub struct DisplayData {
     pub transient: Option<JsonMap>,
 }
 
+fn transient_display_id(transient: &Option<JsonMap>) -> Option<&str> {
+    transient
+        .as_ref()
+        .and_then(|t| t.get("display_id"))
+        .and_then(Value::as_str)
+}
+
 impl DisplayData {
     /// `transient.display_id`, if set.
     pub fn display_id(&self) -> Option<&str> {
-        self.transient
-            .as_ref()
-            .and_then(|t| t.get("display_id"))
-            .and_then(Value::as_str)
+        transient_display_id(&self.transient)
     }
 }
 
@@ -254,6 +258,13 @@ pub struct ExecuteResult {
     pub metadata: JsonMap,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transient: Option<JsonMap>,
+}
+
+impl ExecuteResult {
+    /// `transient.display_id`, if set.
+    pub fn display_id(&self) -> Option<&str> {
+        transient_display_id(&self.transient)
+    }
 }
 
 /// `error` on iopub.

@@ -84,18 +84,18 @@ impl OutputCollector {
     fn push_rich(
         &mut self,
         kind: &'static str,
-        data: JsonMap,
-        metadata: JsonMap,
-        id: Option<&str>,
+        data: &JsonMap,
+        metadata: &JsonMap,
+        display_id: Option<String>,
     ) {
         self.before_output();
-        let size = json_size(&data) + json_size(&metadata);
+        let size = json_size(data) + json_size(metadata);
         if self.admit(size) {
             self.out.outputs.push(Output {
                 kind,
-                data,
-                metadata,
-                display_id: id.map(str::to_owned),
+                data: data.clone(),
+                metadata: metadata.clone(),
+                display_id,
             });
         }
     }
@@ -116,26 +116,11 @@ impl OutputCollector {
             }
             Content::DisplayData(d) => {
                 let id = d.display_id().map(str::to_owned);
-                self.push_rich(
-                    "display_data",
-                    d.data.clone(),
-                    d.metadata.clone(),
-                    id.as_deref(),
-                );
+                self.push_rich("display_data", &d.data, &d.metadata, id);
             }
             Content::ExecuteResult(r) => {
-                let id = r
-                    .transient
-                    .as_ref()
-                    .and_then(|t| t.get("display_id"))
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned);
-                self.push_rich(
-                    "execute_result",
-                    r.data.clone(),
-                    r.metadata.clone(),
-                    id.as_deref(),
-                );
+                let id = r.display_id().map(str::to_owned);
+                self.push_rich("execute_result", &r.data, &r.metadata, id);
             }
             Content::UpdateDisplayData(d) => {
                 let Some(id) = d.display_id() else { return };

@@ -133,9 +133,8 @@ pub struct RawMessage {
 impl RawMessage {
     /// Splits received frames, checking caps before slicing anything.
     ///
-    /// `skip_topic` drops one leading frame that is not the delimiter when a
-    /// SUB socket delivers the publisher's topic first; jupyter puts the topic in
-    /// the identity position, so it ends up in `idents` either way.
+    /// Everything before the delimiter is kept as routing identities; for a
+    /// SUB socket that is the publisher's topic frame, which is ignored.
     pub fn from_frames(frames: Vec<Bytes>, limits: &Limits) -> Result<Self, WireError> {
         if frames.len() > limits.max_frames {
             return Err(WireError::TooManyFrames(frames.len(), limits.max_frames));

@@ -167,6 +167,7 @@ impl Sandbox {
 
         let timed_out = started.elapsed() >= opts.timeout;
         let mut state_lost = false;
+        let mut deleted = false;
         let status = match &ending {
             Ending::Complete if reply_error || collector.outputs().error.is_some() => {
                 ExecStatus::Error
@@ -177,8 +178,12 @@ impl Sandbox {
                 tracing::warn!(sandbox_id = %self.id, %why, "kernel lost during execution");
                 state_lost = true;
                 kernel_restarted = true;
-                if let Err(e) = self.replace_kernel(&mut rt).await {
-                    tracing::error!(sandbox_id = %self.id, error = %e, "restarting the kernel");
+                match self.replace_kernel(&mut rt).await {
+                    Ok(()) => {}
+                    Err(SandboxError::Deleted) => deleted = true,
+                    Err(e) => {
+                        tracing::error!(sandbox_id = %self.id, error = %e, "restarting the kernel")
+                    }
                 }
                 if why.starts_with("timeout") || timed_out {
                     ExecStatus::Timeout
@@ -190,7 +195,13 @@ impl Sandbox {
         drop(rt);
         let out = collector.finish();
         let mut error = out.error;
-        if status == ExecStatus::Crashed && error.is_none() {
+        if deleted && error.is_none() {
+            error = Some(ErrorContent {
+                ename: "SandboxDeleted".into(),
+                evalue: "the sandbox was deleted (or the server stopped) during execution".into(),
+                traceback: Vec::new(),
+            });
+        } else if status == ExecStatus::Crashed && error.is_none() {
             error = Some(ErrorContent {
                 ename: "KernelDied".into(),
                 evalue: "the kernel process exited during execution; it was restarted and its state was lost".into(),
