@@ -12,7 +12,7 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 export CELLBLOCK_BIN="$ROOT/target/debug/cellblock"
 export CELLBLOCK_IMAGES_DIR="$ROOT/target/cellblock-images"
 # Build the kernel image once (a no-op when it is current); tests share it.
-IMAGE_DIR="$("$CELLBLOCK_BIN" image path python --images-dir "$CELLBLOCK_IMAGES_DIR")"
+IMAGE_DIR="$("$CELLBLOCK_BIN" image path python --images-dir "$CELLBLOCK_IMAGES_DIR" | tail -n 1)"
 export CELLBLOCK_TEST_PYTHON="$IMAGE_DIR/venv/bin/python"
 
 cargo test --locked --workspace -- "$@"

@@ -212,7 +212,8 @@ fn build(image: &Image, spec: &ImageSpec, python: &str) -> Result<(), ImageError
             ])
             .args(["--progress-bar", "off", "-r"])
             .arg(&req)
-            .stdout(Stdio::inherit()),
+            // Progress goes to stderr: stdout is for the command's result.
+            .stdout(std::io::stderr()),
         "pip install -r requirements.txt",
     )?;
     let purelib = run(
