@@ -35,6 +35,23 @@ pub struct Config {
     pub max_kernel_message_bytes: usize,
     /// How long a kernel may take to answer after it is spawned.
     pub kernel_start_timeout: Duration,
+    /// Limits a sandbox gets when the request names none.
+    pub default_limits: SandboxLimits,
+    /// The most a request may ask for.
+    pub max_limits: SandboxLimits,
+    /// First host uid of the first sandbox's range; each sandbox gets 65536.
+    pub uid_base: u32,
+    /// The cgroup filesystem root.
+    pub cgroup_root: PathBuf,
+}
+
+/// Per-sandbox resource limits.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct SandboxLimits {
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub pids: u64,
+    pub disk_mb: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -68,12 +85,31 @@ impl Config {
             max_output_bytes: 32 * 1024 * 1024,
             max_kernel_message_bytes: 64 * 1024 * 1024,
             kernel_start_timeout: Duration::from_secs(60),
+            default_limits: SandboxLimits {
+                memory_mb: 1024,
+                cpus: 1.0,
+                pids: 256,
+                disk_mb: 1024,
+            },
+            max_limits: SandboxLimits {
+                memory_mb: 16 * 1024,
+                cpus: std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
+                pids: 4096,
+                disk_mb: 16 * 1024,
+            },
+            uid_base: 1_000_000,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
         }
     }
 
     /// Directory of per-sandbox run dirs (connection files, sockets, pid files).
     pub fn run_dir(&self) -> PathBuf {
         self.data_dir.join("run")
+    }
+
+    /// Directory of per-sandbox root mount points.
+    pub fn roots_dir(&self) -> PathBuf {
+        self.data_dir.join("roots")
     }
 
     /// Directory of per-sandbox home dirs.

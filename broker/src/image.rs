@@ -78,6 +78,8 @@ pub struct Image {
     pub version: String,
     pub dir: PathBuf,
     pub python_version: String,
+    /// The interpreter's `sys.base_prefix`: bound read-only into sandboxes.
+    pub base_prefix: PathBuf,
 }
 
 impl Image {
@@ -154,9 +156,10 @@ pub fn ensure(images_dir: &Path, spec: &ImageSpec, python: &str) -> Result<Image
         version: version.clone(),
         dir: dir.clone(),
         python_version: py_version,
+        base_prefix: PathBuf::new(),
     };
     if dir.join(".complete").exists() {
-        return Ok(image);
+        return with_base_prefix(image);
     }
     let lock_path = base.join(".lock");
     let lock_file = fs::OpenOptions::new()
@@ -172,7 +175,7 @@ pub fn ensure(images_dir: &Path, spec: &ImageSpec, python: &str) -> Result<Image
         },
     )?;
     if dir.join(".complete").exists() {
-        return Ok(image);
+        return with_base_prefix(image);
     }
     tracing::info!(image = spec.name, %version, dir = %dir.display(),
         "building kernel image (first use: installs pinned packages from PyPI, takes a few minutes)");
@@ -184,6 +187,15 @@ pub fn ensure(images_dir: &Path, spec: &ImageSpec, python: &str) -> Result<Image
     );
     build(&image, spec, python)?;
     eprintln!("cellblock: image {}@{} is ready", spec.name, version);
+    with_base_prefix(image)
+}
+
+fn with_base_prefix(mut image: Image) -> Result<Image, ImageError> {
+    let prefix = run(
+        Command::new(image.python()).args(["-c", "import sys; print(sys.base_prefix)"]),
+        "asking the image's interpreter for its prefix",
+    )?;
+    image.base_prefix = PathBuf::from(prefix);
     Ok(image)
 }
 

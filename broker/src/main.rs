@@ -28,6 +28,10 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Internal: the single-threaded helper that builds a sandbox and execs
+    /// its kernel. Started by `serve`; not for direct use.
+    #[command(name = "__jail", hide = true)]
+    Jail { spec: PathBuf },
 }
 
 #[derive(Args, Clone)]
@@ -124,7 +128,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the jail helper. It must stay single-threaded: no runtime, no logger.
+fn jail(spec: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read(spec).with_context(|| format!("reading {}", spec.display()))?;
+    let spec: cellblock::isolation::spec::JailSpec =
+        serde_json::from_slice(&text).context("parsing the jail spec")?;
+    cellblock::isolation::jail::run(&spec)
+}
+
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::Jail { spec } = &cli.command {
+        return jail(spec);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CELLBLOCK_LOG")
@@ -132,8 +148,9 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Jail { .. } => Ok(()),
         Command::Image { command } => match command {
             ImageCommand::Build { name, args } => {
                 let img = ensure_image(&args, &name)?;

@@ -31,6 +31,8 @@ pub enum ServeError {
     },
     #[error("serving: {0}")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Host(#[from] crate::isolation::preflight::Missing),
 }
 
 /// Checks the settings, then takes an exclusive lock on the data dir that is
@@ -45,6 +47,7 @@ pub fn prepare(cfg: &Config) -> Result<nix::fcntl::Flock<File>, ServeError> {
     };
     std::fs::create_dir_all(cfg.run_dir()).map_err(dd)?;
     std::fs::create_dir_all(cfg.homes_dir()).map_err(dd)?;
+    std::fs::create_dir_all(cfg.roots_dir()).map_err(dd)?;
     // run/<32 hex>/k<gen>-<port>: keep well under sun_path's 108 bytes.
     let longest = cfg.run_dir().as_os_str().len() + 1 + 32 + "/k999999-5".len();
     if longest >= 104 {
@@ -76,8 +79,10 @@ async fn shutdown_signal() {
 
 /// Serves until a shutdown signal, then stops every kernel.
 pub async fn run(cfg: Config, image: Image) -> Result<(), ServeError> {
+    let layout = crate::isolation::preflight::check(&cfg.cgroup_root)?;
+    tracing::info!(?layout, landlock_abi = crate::isolation::preflight::landlock_abi(), "host supports isolation");
     let _lock = prepare(&cfg)?;
-    leftovers::reap(&cfg);
+    leftovers::reap(&cfg, &layout);
     if cfg.api_key.is_none() {
         tracing::warn!("no API key set: serving on loopback only, without authentication");
     }
@@ -89,7 +94,7 @@ pub async fn run(cfg: Config, image: Image) -> Result<(), ServeError> {
         })?;
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
     let cfg = Arc::new(cfg);
-    let manager = Manager::new(cfg.clone(), image);
+    let manager = Manager::new(cfg.clone(), image, layout);
     let state = AppState::new(manager.clone(), cfg.api_key.as_deref());
     let app = router(state, cfg.max_body_bytes);
     tokio::spawn(manager.clone().run_culler());

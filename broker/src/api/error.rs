@@ -54,7 +54,7 @@ impl From<SandboxError> for ApiError {
             Deleted => (StatusCode::GONE, "sandbox_deleted"),
             ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             KernelStart(_) => (StatusCode::SERVICE_UNAVAILABLE, "kernel_start_failed"),
-            Prepare { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Prepare { .. } | Cgroup(_) | Home(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status.is_server_error() {
             tracing::error!(error = %e, "request failed");

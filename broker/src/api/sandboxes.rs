@@ -24,6 +24,46 @@ pub struct CreateRequest {
     pub idle_timeout_s: Option<u64>,
     pub env: Option<BTreeMap<String, String>>,
     pub metadata: Option<JsonMap>,
+    pub limits: Option<LimitsRequest>,
+}
+
+/// `limits` in `POST /v1/sandboxes`; absent fields take the server's defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRequest {
+    pub memory_mb: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+    pub disk_mb: Option<u64>,
+}
+
+fn bounded<T: PartialOrd + std::fmt::Display + Copy>(
+    name: &str,
+    value: Option<T>,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ApiError> {
+    let v = value.unwrap_or(default);
+    if v.partial_cmp(&min) != Some(std::cmp::Ordering::Less) && v <= max {
+        Ok(v)
+    } else {
+        Err(ApiError::invalid(format!("limits.{name} must be between {min} and {max}")))
+    }
+}
+
+fn validate_limits(
+    req: Option<LimitsRequest>,
+    cfg: &crate::config::Config,
+) -> Result<crate::config::SandboxLimits, ApiError> {
+    let req = req.unwrap_or_default();
+    let (d, m) = (cfg.default_limits, cfg.max_limits);
+    Ok(crate::config::SandboxLimits {
+        memory_mb: bounded("memory_mb", req.memory_mb, d.memory_mb, 64, m.memory_mb)?,
+        cpus: bounded("cpus", req.cpus, d.cpus, 0.05, m.cpus)?,
+        pids: bounded("pids", req.pids, d.pids, 16, m.pids)?,
+        disk_mb: bounded("disk_mb", req.disk_mb, d.disk_mb, 8, m.disk_mb)?,
+    })
 }
 
 /// Body of `POST /v1/sandboxes/{id}/execute`.
@@ -122,6 +162,7 @@ pub async fn create(
     }
     let opts = CreateOptions {
         idle_timeout: idle,
+        limits: Some(validate_limits(req.limits, cfg)?),
         env: validate_env(req.env.unwrap_or_default())?,
         metadata,
     };

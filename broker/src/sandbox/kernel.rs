@@ -7,6 +7,7 @@
 
 use crate::image::Image;
 use crate::isolation;
+use crate::isolation::spec::JailSpec;
 use cellblock_protocol::client::ClientOptions;
 use cellblock_protocol::message::KernelInfoReply;
 use cellblock_protocol::{ConnectionInfo, KernelClient, Limits};
@@ -43,8 +44,10 @@ pub enum KernelError {
 /// What a kernel needs to start.
 pub struct KernelSpec<'a> {
     pub image: &'a Image,
+    /// Broker-only directory: jail specs and the pid file.
     pub run_dir: &'a Path,
-    pub home: &'a Path,
+    /// The sandbox's jail; argv and env are filled in here.
+    pub jail: &'a JailSpec,
     pub env: &'a BTreeMap<String, String>,
     pub generation: u64,
     pub start_timeout: Duration,
@@ -87,37 +90,65 @@ impl KernelProcess {
     /// Spawns a kernel and waits until it is ready (shell answers, iopub flows).
     #[tracing::instrument(skip_all, fields(generation = spec.generation))]
     pub async fn start(spec: KernelSpec<'_>) -> Result<Self, KernelError> {
-        let prefix = spec.run_dir.join(format!("k{}", spec.generation));
-        let conn_path = spec.run_dir.join(format!("k{}.json", spec.generation));
+        let sock = &spec.jail.sock_dir;
+        let uid = spec.jail.host_uid();
+        let prefix = sock.join(format!("k{}", spec.generation));
+        let conn_path = sock.join(format!("k{}.json", spec.generation));
         let mut conn = ConnectionInfo::new_ipc(&prefix);
         conn.kernel_name = spec.image.name.clone();
         conn.write(&conn_path)?;
-        let mpl = spec.run_dir.join("mpl");
+        // Writable copies: matplotlib's font cache, and the IPython profile
+        // (IPython ignores a read-only IPYTHONDIR and with it our config).
+        let mpl = sock.join("mpl");
         if !mpl.exists() {
             copy_dir(&spec.image.mpl_cache(), &mpl).map_err(prepare_err(&mpl))?;
         }
+        let ipython = sock.join("ipython");
+        let profile = ipython.join("profile_default");
+        if !profile.exists() {
+            copy_dir(&spec.image.ipython_dir().join("profile_default"), &profile)
+                .map_err(prepare_err(&profile))?;
+        }
+        for p in [sock, &conn_path, &mpl, &ipython] {
+            isolation::chown_tree(p, uid).map_err(prepare_err(p))?;
+        }
 
-        let path_var = format!(
-            "{}:/usr/local/bin:/usr/bin:/bin",
-            spec.image.bin_dir().display()
-        );
-        let mut cmd = tokio::process::Command::new(spec.image.python());
-        cmd.arg("-m")
-            .arg("cellblock_kernel")
-            .arg("-f")
-            .arg(&conn_path)
+        let path_var = format!("{}:/usr/local/bin:/usr/bin:/bin", spec.image.bin_dir().display());
+        let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), path_var),
+            ("LANG".into(), "C.UTF-8".into()),
+            ("PYTHONIOENCODING".into(), "utf-8".into()),
+            ("MPLBACKEND".into(), "module://matplotlib_inline.backend_inline".into()),
+            ("PYDEVD_DISABLE_FILE_VALIDATION".into(), "1".into()),
+        ];
+        env.retain(|(k, _)| !spec.env.contains_key(k));
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend([
+            ("HOME".into(), "/home/user".into()),
+            ("PWD".into(), "/home/user".into()),
+            ("USER".into(), "user".into()),
+            ("IPYTHONDIR".into(), ipython.display().to_string()),
+            ("MPLCONFIGDIR".into(), mpl.display().to_string()),
+        ]);
+        let mut jail = spec.jail.clone();
+        jail.argv = vec![
+            spec.image.python().display().to_string(),
+            "-m".into(),
+            "cellblock_kernel".into(),
+            "-f".into(),
+            conn_path.display().to_string(),
+        ];
+        jail.env = env;
+        let jail_path = spec.run_dir.join(format!("jail{}.json", spec.generation));
+        let jail_json = serde_json::to_vec(&jail).unwrap_or_default();
+        std::fs::write(&jail_path, jail_json).map_err(prepare_err(&jail_path))?;
+
+        let helper = std::env::current_exe().map_err(KernelError::Spawn)?;
+        let mut cmd = tokio::process::Command::new(helper);
+        cmd.arg("__jail")
+            .arg(&jail_path)
             .env_clear()
-            .env("PATH", path_var)
-            .env("LANG", "C.UTF-8")
-            .env("PYTHONIOENCODING", "utf-8")
-            .env("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-            .env("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-            .envs(spec.env.iter())
-            .env("HOME", spec.home)
-            .env("PWD", spec.home)
-            .env("IPYTHONDIR", spec.image.ipython_dir())
-            .env("MPLCONFIGDIR", &mpl)
-            .current_dir(spec.home)
+            .current_dir(spec.run_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

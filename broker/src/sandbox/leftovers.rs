@@ -1,15 +1,17 @@
 //! Reaping what an earlier run left behind: kernel processes (found by the
 //! pid files in run dirs, and checked against `/proc` so a recycled pid is
-//! never touched), run dirs and sandbox homes.
+//! never touched), sandbox cgroups (everything in them is killed), home
+//! mounts, run dirs, roots and homes.
 
 use crate::config::Config;
 use crate::isolation;
+use crate::isolation::cgroup::{Layout, SandboxCgroup};
 use nix::sys::signal::Signal;
 use std::path::Path;
 
 /// Kills leftover kernels and removes leftover directories. Returns how many
 /// kernel processes were killed.
-pub fn reap(cfg: &Config) -> usize {
+pub fn reap(cfg: &Config, layout: &Layout) -> usize {
     let mut killed = 0;
     let run = cfg.run_dir();
     if let Ok(entries) = std::fs::read_dir(&run) {
@@ -25,7 +27,22 @@ pub fn reap(cfg: &Config) -> usize {
             remove(&dir);
         }
     }
+    for dir in layout.leftovers() {
+        if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
+            let cg = SandboxCgroup::existing(layout, name);
+            if !cg.is_empty() {
+                killed += 1;
+            }
+            cg.remove();
+        }
+    }
     if let Ok(entries) = std::fs::read_dir(cfg.homes_dir()) {
+        for entry in entries.flatten() {
+            isolation::unmount_home(&entry.path());
+            remove(&entry.path());
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(cfg.roots_dir()) {
         for entry in entries.flatten() {
             remove(&entry.path());
         }

@@ -11,14 +11,16 @@ pub mod execute;
 pub mod kernel;
 pub mod leftovers;
 
-use crate::config::Config;
+use crate::config::{Config, SandboxLimits};
 use crate::image::Image;
 use crate::isolation;
+use crate::isolation::cgroup::{self, Layout, SandboxCgroup};
+use crate::isolation::spec::{JailSpec, ID_RANGE};
 use cellblock_protocol::message::JsonMap;
 use kernel::{KernelError, KernelProcess, KernelSpec};
 use nix::sys::signal::Signal;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -60,12 +62,17 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+    #[error("setting up the sandbox's cgroups: {0}")]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error("setting up the sandbox's home: {0}")]
+    Home(#[from] isolation::HomeError),
 }
 
 /// What a client asked for when creating a sandbox (already validated).
 #[derive(Debug, Clone, Default)]
 pub struct CreateOptions {
     pub idle_timeout: Duration,
+    pub limits: Option<SandboxLimits>,
     pub env: BTreeMap<String, String>,
     pub metadata: JsonMap,
 }
@@ -83,9 +90,14 @@ pub struct Sandbox {
     pub created_at: SystemTime,
     pub idle_timeout: Duration,
     pub metadata: JsonMap,
+    pub limits: SandboxLimits,
     env: BTreeMap<String, String>,
+    /// Broker-only: jail specs, the pid file.
     run_dir: PathBuf,
-    home: PathBuf,
+    /// The jail without argv and env; its dirs are removed at teardown.
+    jail: JailSpec,
+    cgroup: SandboxCgroup,
+    slot: u32,
     cfg: Arc<Config>,
     /// Serialises executions, restarts and teardown, in arrival order.
     runtime: tokio::sync::Mutex<Runtime>,
@@ -114,6 +126,7 @@ pub struct SandboxView {
     pub expires_at: String,
     pub idle_timeout_s: u64,
     pub metadata: JsonMap,
+    pub limits: SandboxLimits,
     pub env_keys: Vec<String>,
     pub executions: u64,
     pub pending_executions: usize,
@@ -154,6 +167,7 @@ impl Sandbox {
             expires_at: iso(last_activity + self.idle_timeout),
             idle_timeout_s: self.idle_timeout.as_secs(),
             metadata: self.metadata.clone(),
+            limits: self.limits,
             env_keys: self.env.keys().cloned().collect(),
             executions: self.executions.load(Ordering::SeqCst),
             pending_executions: pending,
@@ -172,7 +186,7 @@ impl Sandbox {
         let kernel = KernelProcess::start(KernelSpec {
             image: &self.image,
             run_dir: &self.run_dir,
-            home: &self.home,
+            jail: &self.jail,
             env: &self.env,
             generation,
             start_timeout: self.cfg.kernel_start_timeout,
@@ -241,7 +255,9 @@ impl Sandbox {
         if let Some(k) = rt.kernel.take() {
             k.stop(false).await;
         }
-        for dir in [&self.run_dir, &self.home] {
+        self.cgroup.remove();
+        isolation::unmount_home(&self.jail.home_dir);
+        for dir in [&self.run_dir, &self.jail.home_dir, &self.jail.root_dir] {
             if let Err(e) = std::fs::remove_dir_all(dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(dir = %dir.display(), error = %e, "removing sandbox directory");
@@ -258,6 +274,9 @@ pub struct Manager {
     sandboxes: RwLock<HashMap<SandboxId, Arc<Sandbox>>>,
     /// Live plus being-created sandboxes, for the limit.
     slots: AtomicUsize,
+    /// Uid-range slots in use.
+    uid_slots: Mutex<BTreeSet<u32>>,
+    layout: Layout,
     shutting_down: AtomicBool,
 }
 
@@ -274,12 +293,14 @@ impl Drop for Slot<'_> {
 
 impl Manager {
     /// A manager for `image` with the given settings.
-    pub fn new(cfg: Arc<Config>, image: Image) -> Arc<Self> {
+    pub fn new(cfg: Arc<Config>, image: Image, layout: Layout) -> Arc<Self> {
         Arc::new(Self {
             cfg,
             image,
             sandboxes: RwLock::new(HashMap::new()),
             slots: AtomicUsize::new(0),
+            uid_slots: Mutex::new(BTreeSet::new()),
+            layout,
             shutting_down: AtomicBool::new(false),
         })
     }
@@ -320,24 +341,103 @@ impl Manager {
         }
         let mut slot = Slot(&self.slots, false);
         let id = SandboxId(Uuid::new_v4());
-        let run_dir = self.cfg.run_dir().join(id.0.simple().to_string());
-        let home = self.cfg.homes_dir().join(id.0.simple().to_string());
-        for dir in [&run_dir, &home] {
+        let uid_slot = self.take_uid_slot();
+        let sandbox = match self.assemble(id, uid_slot, opts) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                self.release_uid_slot(uid_slot);
+                return Err(e);
+            }
+        };
+        let started = {
+            let mut rt = sandbox.runtime.lock().await;
+            sandbox.start_kernel(&mut rt).await
+        };
+        if let Err(e) = started {
+            tracing::warn!(sandbox_id = %id, error = %e, "sandbox failed to start");
+            sandbox.teardown().await;
+            self.release_uid_slot(uid_slot);
+            return Err(e);
+        }
+        if self.shutting_down.load(Ordering::SeqCst) {
+            sandbox.teardown().await;
+            self.release_uid_slot(uid_slot);
+            return Err(SandboxError::ShuttingDown);
+        }
+        slot.1 = true;
+        self.write().insert(id, sandbox.clone());
+        tracing::info!(sandbox_id = %id, "sandbox ready");
+        Ok(sandbox)
+    }
+
+    fn take_uid_slot(&self) -> u32 {
+        let mut used = self.uid_slots.lock().unwrap_or_else(|e| e.into_inner());
+        let free = (0..).find(|n| !used.contains(n)).unwrap_or(0);
+        used.insert(free);
+        free
+    }
+
+    fn release_uid_slot(&self, slot: u32) {
+        self.uid_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&slot);
+    }
+
+    /// Creates the directories, cgroups and home of a new sandbox.
+    fn assemble(
+        &self,
+        id: SandboxId,
+        uid_slot: u32,
+        opts: CreateOptions,
+    ) -> Result<Sandbox, SandboxError> {
+        let name = id.0.simple().to_string();
+        let limits = opts.limits.unwrap_or(self.cfg.default_limits);
+        let run_dir = self.cfg.run_dir().join(&name);
+        let jail = JailSpec {
+            uid_base: self.cfg.uid_base + uid_slot * ID_RANGE,
+            root_dir: self.cfg.roots_dir().join(&name),
+            sock_dir: run_dir.join("sock"),
+            home_dir: self.cfg.homes_dir().join(&name),
+            ro_binds: vec![self.image.dir.clone(), self.image.base_prefix.clone()],
+            tmp_mb: (limits.disk_mb / 4).clamp(16, 1024),
+            cgroup_procs: Vec::new(),
+            argv: Vec::new(),
+            env: Vec::new(),
+        };
+        for dir in [&run_dir, &jail.sock_dir, &jail.root_dir, &jail.home_dir] {
             std::fs::create_dir_all(dir).map_err(|source| SandboxError::Prepare {
                 path: dir.display().to_string(),
                 source,
             })?;
         }
+        let cgroup = self.layout.create(
+            &name,
+            cgroup::Limits {
+                memory_mb: limits.memory_mb,
+                cpu_millis: (limits.cpus * 1000.0).round() as u64,
+                pids: limits.pids,
+            },
+        )?;
+        let mut jail = jail;
+        jail.cgroup_procs = cgroup.procs_files();
+        if let Err(e) = isolation::mount_home(&jail.home_dir, limits.disk_mb, jail.host_uid()) {
+            cgroup.remove();
+            return Err(e.into());
+        }
         let now = SystemTime::now();
-        let sandbox = Arc::new(Sandbox {
+        Ok(Sandbox {
             id,
             image: self.image.clone(),
             created_at: now,
             idle_timeout: opts.idle_timeout,
             metadata: opts.metadata,
+            limits,
             env: opts.env,
             run_dir,
-            home,
+            jail,
+            cgroup,
+            slot: uid_slot,
             cfg: self.cfg.clone(),
             runtime: tokio::sync::Mutex::new(Runtime {
                 kernel: None,
@@ -351,24 +451,12 @@ impl Manager {
             executions: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
             language_info: Mutex::new(JsonMap::new()),
-        });
-        let started = {
-            let mut rt = sandbox.runtime.lock().await;
-            sandbox.start_kernel(&mut rt).await
-        };
-        if let Err(e) = started {
-            tracing::warn!(sandbox_id = %id, error = %e, "sandbox failed to start");
-            sandbox.teardown().await;
-            return Err(e);
-        }
-        if self.shutting_down.load(Ordering::SeqCst) {
-            sandbox.teardown().await;
-            return Err(SandboxError::ShuttingDown);
-        }
-        slot.1 = true;
-        self.write().insert(id, sandbox.clone());
-        tracing::info!(sandbox_id = %id, "sandbox ready");
-        Ok(sandbox)
+        })
+    }
+
+    /// The cgroup layout in use.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     /// Looks a sandbox up.
@@ -390,6 +478,7 @@ impl Manager {
     pub async fn delete(&self, id: SandboxId) -> Result<(), SandboxError> {
         let sandbox = self.write().remove(&id).ok_or(SandboxError::NotFound(id))?;
         sandbox.teardown().await;
+        self.release_uid_slot(sandbox.slot);
         self.slots.fetch_sub(1, Ordering::SeqCst);
         tracing::info!(sandbox_id = %id, "sandbox deleted");
         Ok(())

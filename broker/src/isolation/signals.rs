@@ -1,7 +1,4 @@
-//! OS-level process control: signals to kernel process groups and `/proc`
-//! checks. This is the only module that makes raw syscalls; today it needs no
-//! `unsafe` at all (nix wraps `kill`). Namespaces, cgroups, seccomp and Landlock
-//! arrive here with the isolation issue.
+//! Signals to process groups and `/proc` checks (no `unsafe`).
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;

@@ -1,0 +1,87 @@
+//! Isolation: everything that touches processes at the OS level. This is the
+//! only module with raw syscalls and `unsafe`; each `unsafe` block carries a
+//! `// SAFETY:` comment.
+//!
+//! A kernel runs as the last process of a chain, built by a small
+//! single-threaded helper (`cellblock __jail SPEC`), never by the tokio process:
+//!
+//! ```text
+//! broker ─spawn─▶ P0 helper (host root, joins the sandbox cgroups, writes uid/gid maps)
+//!                  └─fork─▶ P1 (unshares user, mount, pid, net, ipc, uts, cgroup namespaces)
+//!                            └─fork─▶ P2 init, PID 1: builds the private root, pivots,
+//!                                      forwards SIGINT/SIGTERM, reaps, kills all on exit
+//!                                      └─fork─▶ P3 kernel: setsid, rlimits, caps dropped,
+//!                                               no_new_privs, uid 1000, Landlock, seccomp, exec
+//! ```
+//!
+//! - [`spec`]: [`JailSpec`](spec::JailSpec), what the helper is told to build.
+//! - [`jail`]: the process chain above, step by step, in order.
+//! - [`mounts`]: the private root.
+//! - [`cgroup`]: per-sandbox cgroups on v1 or v2, limits, OOM counts, kill.
+//! - [`seccomp`]: the syscall filter.
+//! - [`fsrules`]: the Landlock filesystem rules.
+//! - [`preflight`]: the host check that refuses to run unconfined.
+//! - [`signals`]: signals to process groups and `/proc` checks.
+
+pub mod cgroup;
+pub mod fsrules;
+pub mod jail;
+pub mod mounts;
+pub mod preflight;
+pub mod seccomp;
+pub mod signals;
+pub mod spec;
+
+pub use signals::{cmdline_mentions, is_alive, processes_mentioning, signal_group};
+
+/// Errors mounting or unmounting a sandbox's home.
+#[derive(Debug, thiserror::Error)]
+#[error("{step} {path}: {errno}")]
+pub struct HomeError {
+    pub step: &'static str,
+    pub path: String,
+    pub errno: nix::errno::Errno,
+}
+
+/// Mounts a size-limited tmpfs at `dir` (a host path) owned by `uid`, to be the
+/// sandbox's `/home/user`. A tmpfs is bounded by its size; its pages are
+/// charged to the memory cgroup of whoever writes them (see SECURITY.md).
+pub fn mount_home(dir: &std::path::Path, size_mb: u64, uid: u32) -> Result<(), HomeError> {
+    use nix::mount::{mount, MsFlags};
+    let err = |step| {
+        move |errno| HomeError {
+            step,
+            path: dir.display().to_string(),
+            errno,
+        }
+    };
+    let opts = format!("size={size_mb}m,nr_inodes=1m,mode=0700,uid={uid},gid={uid}");
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )
+    .map_err(err("mounting the home tmpfs on"))
+}
+
+/// Detaches a home mounted by [`mount_home`]; not mounted is not an error.
+pub fn unmount_home(dir: &std::path::Path) {
+    use nix::mount::{umount2, MntFlags};
+    match umount2(dir, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "unmounting a sandbox home"),
+    }
+}
+
+/// Gives `path` (recursively) to the sandbox user's host uid.
+pub fn chown_tree(path: &std::path::Path, uid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid))?;
+    if path.is_dir() && !path.is_symlink() {
+        for e in std::fs::read_dir(path)? {
+            chown_tree(&e?.path(), uid)?;
+        }
+    }
+    Ok(())
+}
