@@ -43,6 +43,8 @@ pub struct Config {
     pub uid_base: u32,
     /// The cgroup filesystem root.
     pub cgroup_root: PathBuf,
+    /// Lock files that reserve uid ranges across every cellblock on the host.
+    pub uid_lock_dir: PathBuf,
 }
 
 /// Per-sandbox resource limits.
@@ -99,12 +101,20 @@ impl Config {
             },
             uid_base: 1_000_000,
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            uid_lock_dir: PathBuf::from("/run/cellblock/uid-ranges"),
         }
     }
 
     /// Directory of per-sandbox run dirs (connection files, sockets, pid files).
     pub fn run_dir(&self) -> PathBuf {
         self.data_dir.join("run")
+    }
+
+    /// This instance's name: a hash of its data dir. Names its cgroup parent.
+    pub fn instance(&self) -> String {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(self.data_dir.as_os_str().as_encoded_bytes());
+        hex::encode(&h[..6])
     }
 
     /// Directory of per-sandbox root mount points.

@@ -79,8 +79,13 @@ async fn shutdown_signal() {
 
 /// Serves until a shutdown signal, then stops every kernel.
 pub async fn run(cfg: Config, image: Image) -> Result<(), ServeError> {
-    let layout = crate::isolation::preflight::check(&cfg.cgroup_root)?;
-    tracing::info!(?layout, landlock_abi = crate::isolation::preflight::landlock_abi(), "host supports isolation");
+    let group = format!("cellblock/{}", cfg.instance());
+    let layout = crate::isolation::preflight::check(&cfg.cgroup_root, &group)?;
+    tracing::info!(
+        ?layout,
+        landlock_abi = crate::isolation::preflight::landlock_abi(),
+        "host supports isolation"
+    );
     let _lock = prepare(&cfg)?;
     leftovers::reap(&cfg, &layout);
     if cfg.api_key.is_none() {

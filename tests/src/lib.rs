@@ -212,9 +212,20 @@ impl Server {
             .0
     }
 
-    /// Kernel processes started by this server.
+    /// Every process started for this server's sandboxes (jail helpers,
+    /// init and kernels, and whatever they started): all mention the run dir.
     pub fn kernel_pids(&self) -> Vec<i32> {
         processes_mentioning(&self.data_dir.join("run"))
+    }
+
+    /// The kernel processes themselves, one per live sandbox.
+    pub fn kernels(&self) -> Vec<i32> {
+        let marker = Path::new("cellblock_kernel");
+        let mine = processes_mentioning(&self.data_dir.join("run"));
+        processes_mentioning(marker)
+            .into_iter()
+            .filter(|p| mine.contains(p))
+            .collect()
     }
 
     /// The server's pid.

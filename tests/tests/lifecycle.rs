@@ -68,7 +68,7 @@ async fn idle_sandboxes_are_culled() {
         .collect();
     assert_eq!(ids, vec![json!(kept)]);
     // One kernel left: the kept sandbox's.
-    assert!(eventually(Duration::from_secs(5), || s.kernel_pids().len() == 1).await);
+    assert!(eventually(Duration::from_secs(5), || s.kernels().len() == 1).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +99,7 @@ async fn sigterm_stops_every_kernel() {
                 .await
         })
     };
-    assert!(eventually(Duration::from_secs(10), || s.kernel_pids().len() == 2).await);
+    assert!(eventually(Duration::from_secs(10), || s.kernels().len() == 2).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let status = s
         .terminate(Duration::from_secs(30))

@@ -48,7 +48,9 @@ fn bounded<T: PartialOrd + std::fmt::Display + Copy>(
     if v.partial_cmp(&min) != Some(std::cmp::Ordering::Less) && v <= max {
         Ok(v)
     } else {
-        Err(ApiError::invalid(format!("limits.{name} must be between {min} and {max}")))
+        Err(ApiError::invalid(format!(
+            "limits.{name} must be between {min} and {max}"
+        )))
     }
 }
 

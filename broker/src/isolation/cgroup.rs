@@ -54,8 +54,10 @@ const PERIOD_US: u64 = 100_000;
 
 impl Layout {
     /// Detects the layout under `root` (normally `/sys/fs/cgroup`) and creates
-    /// the `cellblock` parent group(s).
-    pub fn detect(root: &Path) -> Result<Self, CgroupError> {
+    /// the parent group(s) `group` (e.g. `cellblock/<instance>`), under which
+    /// this broker's sandboxes live. Each broker instance has its own parent,
+    /// so reaping leftovers never touches another instance's sandboxes.
+    pub fn detect(root: &Path, group: &str) -> Result<Self, CgroupError> {
         let unsupported = |why: String| CgroupError::Unsupported {
             root: root.display().to_string(),
             why,
@@ -73,13 +75,17 @@ impl Layout {
                     missing.join(", ")
                 )));
             }
-            let parent = root.join("cellblock");
-            fs::create_dir_all(&parent).map_err(io("creating", &parent))?;
-            let ctl = root.join("cgroup.subtree_control");
+            let mut dir = root.to_path_buf();
+            let ctl = dir.join("cgroup.subtree_control");
             fs::write(&ctl, "+memory +pids +cpu").map_err(io("enabling controllers in", &ctl))?;
-            let ctl = parent.join("cgroup.subtree_control");
-            fs::write(&ctl, "+memory +pids +cpu").map_err(io("enabling controllers in", &ctl))?;
-            return Ok(Layout::V2 { parent });
+            for part in group.split('/') {
+                dir = dir.join(part);
+                fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+                let ctl = dir.join("cgroup.subtree_control");
+                fs::write(&ctl, "+memory +pids +cpu")
+                    .map_err(io("enabling controllers in", &ctl))?;
+            }
+            return Ok(Layout::V2 { parent: dir });
         }
         let mut dirs = Vec::new();
         // The root of a v1 pids hierarchy has no pids.max; its children do.
@@ -95,7 +101,7 @@ impl Layout {
                     base.join(probe).display()
                 )));
             }
-            let parent = base.join("cellblock");
+            let parent = base.join(group);
             fs::create_dir_all(&parent).map_err(io("creating", &parent))?;
             dirs.push(parent);
         }
@@ -277,16 +283,30 @@ mod tests {
             fs::create_dir_all(root.join(c)).unwrap();
             fs::write(root.join(c).join(f), "").unwrap();
         }
-        let layout = Layout::detect(&root).unwrap();
+        let layout = Layout::detect(&root, "cellblock/t").unwrap();
         assert!(matches!(layout, Layout::V1 { .. }));
         let cg = layout
-            .create("sb", Limits { memory_mb: 2, cpu_millis: 500, pids: 7 })
+            .create(
+                "sb",
+                Limits {
+                    memory_mb: 2,
+                    cpu_millis: 500,
+                    pids: 7,
+                },
+            )
             .unwrap();
         let read = |p: &str| fs::read_to_string(root.join(p)).unwrap();
-        assert_eq!(read("memory/cellblock/sb/memory.limit_in_bytes"), "2097152");
-        assert_eq!(read("pids/cellblock/sb/pids.max"), "7");
-        assert_eq!(read("cpu/cellblock/sb/cpu.cfs_quota_us"), "50000");
-        fs::write(root.join("memory/cellblock/sb/memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n").unwrap();
+        assert_eq!(
+            read("memory/cellblock/t/sb/memory.limit_in_bytes"),
+            "2097152"
+        );
+        assert_eq!(read("pids/cellblock/t/sb/pids.max"), "7");
+        assert_eq!(read("cpu/cellblock/t/sb/cpu.cfs_quota_us"), "50000");
+        fs::write(
+            root.join("memory/cellblock/t/sb/memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+        )
+        .unwrap();
         assert_eq!(cg.oom_kills(), 3);
         assert_eq!(layout.leftovers().len(), 3);
         fs::remove_dir_all(root).unwrap();
@@ -296,16 +316,35 @@ mod tests {
     fn detects_v2_and_refuses_missing_controllers() {
         let root = tmp();
         fs::write(root.join("cgroup.controllers"), "cpu memory").unwrap();
-        let err = Layout::detect(&root).unwrap_err().to_string();
+        let err = Layout::detect(&root, "cellblock/t")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("pids"), "{err}");
         fs::write(root.join("cgroup.controllers"), "cpuset cpu io memory pids").unwrap();
-        let layout = Layout::detect(&root).unwrap();
+        let layout = Layout::detect(&root, "cellblock/t").unwrap();
         let cg = layout
-            .create("sb", Limits { memory_mb: 1, cpu_millis: 2000, pids: 9 })
+            .create(
+                "sb",
+                Limits {
+                    memory_mb: 1,
+                    cpu_millis: 2000,
+                    pids: 9,
+                },
+            )
             .unwrap();
-        assert_eq!(fs::read_to_string(root.join("cellblock/sb/cpu.max")).unwrap(), "200000 100000");
-        assert_eq!(fs::read_to_string(root.join("cellblock/sb/memory.swap.max")).unwrap(), "0");
-        fs::write(root.join("cellblock/sb/memory.events"), "low 0\noom 1\noom_kill 2\n").unwrap();
+        assert_eq!(
+            fs::read_to_string(root.join("cellblock/t/sb/cpu.max")).unwrap(),
+            "200000 100000"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("cellblock/t/sb/memory.swap.max")).unwrap(),
+            "0"
+        );
+        fs::write(
+            root.join("cellblock/t/sb/memory.events"),
+            "low 0\noom 1\noom_kill 2\n",
+        )
+        .unwrap();
         assert_eq!(cg.oom_kills(), 2);
         fs::remove_dir_all(root).unwrap();
     }
@@ -313,7 +352,7 @@ mod tests {
     #[test]
     fn nothing_usable_is_an_error() {
         let root = tmp();
-        assert!(Layout::detect(&root).is_err());
+        assert!(Layout::detect(&root, "cellblock/t").is_err());
         fs::remove_dir_all(root).unwrap();
     }
 }

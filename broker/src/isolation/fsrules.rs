@@ -26,7 +26,10 @@ pub fn apply(read_only: &[PathBuf], read_write: &[PathBuf]) -> Result<(), FsRule
         .handle_access(AccessFs::from_all(abi))?
         .create()?
         // Listing directories is harmless and expected (`os.listdir('/')`).
-        .add_rules(path_beneath_rules(["/"], landlock::BitFlags::from(AccessFs::ReadDir)))?
+        .add_rules(path_beneath_rules(
+            ["/"],
+            landlock::BitFlags::from(AccessFs::ReadDir),
+        ))?
         .add_rules(path_beneath_rules(read_only, AccessFs::from_read(abi)))?
         .add_rules(path_beneath_rules(read_write, AccessFs::from_all(abi)))?
         .restrict_self()?;

@@ -190,8 +190,13 @@ fn p1_namespaces(spec: &JailSpec) -> Result<i32, JailError> {
 fn loopback_up() -> Result<(), JailError> {
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
     use std::os::fd::AsRawFd;
-    let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(sys("opening a socket for lo"))?;
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(sys("opening a socket for lo"))?;
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
@@ -228,10 +233,13 @@ fn p2_init(
     unshare(CloneFlags::CLONE_NEWNS).map_err(sys("unsharing the mount namespace"))?;
     mounts::build_root(spec)?;
     unshare(CloneFlags::CLONE_NEWUSER).map_err(sys("unsharing the user namespace"))?;
-    ready.write_all(b"r").map_err(io("asking for the uid map"))?;
+    ready
+        .write_all(b"r")
+        .map_err(io("asking for the uid map"))?;
     drop(ready);
     let mut b = [0u8; 1];
-    go.read_exact(&mut b).map_err(io("waiting for the uid map"))?;
+    go.read_exact(&mut b)
+        .map_err(io("waiting for the uid map"))?;
     drop(go);
     nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
         .map_err(sys("becoming root gid of the user namespace"))?;
@@ -239,7 +247,12 @@ fn p2_init(
         .map_err(sys("becoming root of the user namespace"))?;
     // Build the filters before forking so a failure is reported by init.
     let filters = seccomp::build()?;
-    let forwarded = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGCHLD];
+    let forwarded = [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ];
     let mut set = SigSet::empty();
     for s in forwarded {
         set.add(s);
@@ -292,7 +305,12 @@ fn p3_steps(
     blocked: &SigSet,
 ) -> Result<std::convert::Infallible, JailError> {
     nix::unistd::setsid().map_err(sys("setsid"))?;
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGCHLD] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
         // SAFETY: SIG_DFL is not a function pointer; no handler code runs.
         unsafe { signal::signal(s, SigHandler::SigDfl) }.map_err(sys("restoring signals"))?;
     }
@@ -311,11 +329,13 @@ fn p3_steps(
     nix::sys::prctl::set_no_new_privs().map_err(sys("setting no_new_privs"))?;
     close_other_fds()?;
     nix::unistd::chdir("/home/user").map_err(sys("entering /home/user"))?;
-    let mut read_only: Vec<PathBuf> = ["/usr", "/etc", "/proc", "/dev", "/bin", "/lib", "/lib64", "/sbin"]
-        .iter()
-        .map(PathBuf::from)
-        .filter(|p| p.exists())
-        .collect();
+    let mut read_only: Vec<PathBuf> = [
+        "/usr", "/etc", "/proc", "/dev", "/bin", "/lib", "/lib64", "/sbin",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .filter(|p| p.exists())
+    .collect();
     read_only.extend(spec.ro_binds.iter().cloned());
     let read_write: Vec<PathBuf> = vec![
         "/home/user".into(),
@@ -329,13 +349,19 @@ fn p3_steps(
     fsrules::apply(&read_only, &read_write)?;
     seccomp::install(filters)?;
     let cstr = |s: &str| CString::new(s).map_err(|_| JailError::Arg(format!("NUL byte in {s:?}")));
-    let argv = spec.argv.iter().map(|a| cstr(a)).collect::<Result<Vec<_>, _>>()?;
+    let argv = spec
+        .argv
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<Result<Vec<_>, _>>()?;
     let env = spec
         .env
         .iter()
         .map(|(k, v)| cstr(&format!("{k}={v}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let prog = argv.first().ok_or_else(|| JailError::Arg("empty argv".into()))?;
+    let prog = argv
+        .first()
+        .ok_or_else(|| JailError::Arg("empty argv".into()))?;
     nix::unistd::execve(prog, &argv, &env).map_err(sys("executing the kernel"))
 }
 

@@ -18,7 +18,12 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 /// Host paths shared read-only when they exist.
-const SHARED_ETC: &[&str] = &["/etc/alternatives", "/etc/fonts", "/etc/ssl/certs", "/etc/mime.types"];
+const SHARED_ETC: &[&str] = &[
+    "/etc/alternatives",
+    "/etc/fonts",
+    "/etc/ssl/certs",
+    "/etc/mime.types",
+];
 const DEV_NODES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 
 /// A failed step, named after the step.
@@ -39,7 +44,10 @@ pub enum MountError {
     },
 }
 
-fn sys<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(nix::errno::Errno) -> MountError + 'a {
+fn sys<'a>(
+    step: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(nix::errno::Errno) -> MountError + 'a {
     move |errno| MountError::Sys {
         step,
         path: path.display().to_string(),
@@ -66,7 +74,8 @@ fn mkdirs(p: &Path) -> Result<(), MountError> {
 
 fn tmpfs(target: &Path, opts: &str, flags: MsFlags) -> Result<(), MountError> {
     mkdirs(target)?;
-    mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(opts)).map_err(sys("mounting tmpfs on", target))
+    mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(opts))
+        .map_err(sys("mounting tmpfs on", target))
 }
 
 /// Flags of the mount holding `path` that a user namespace may not clear.
@@ -102,8 +111,14 @@ fn bind(src: &Path, dst: &Path, extra: MsFlags) -> Result<(), MountError> {
         }
         fs::write(dst, b"").map_err(io("creating", dst))?;
     }
-    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(sys("binding", dst))?;
+    mount(
+        Some(src),
+        dst,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys("binding", dst))?;
     let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra | locked_flags(dst);
     mount(None::<&str>, dst, None::<&str>, flags, None::<&str>).map_err(sys("remounting", dst))
 }
@@ -147,15 +162,30 @@ fn write_etc(etc: &Path) -> Result<(), MountError> {
 pub fn build_root(spec: &JailSpec) -> Result<(), MountError> {
     let root = spec.root_dir.as_path();
     // Nothing we mount propagates back to the host.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(sys("making private", Path::new("/")))?;
-    tmpfs(root, "size=16m,mode=755", MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(sys("making private", Path::new("/")))?;
+    tmpfs(
+        root,
+        "size=16m,mode=755",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+    )?;
 
     // /tmp first: host paths bound below may lie under /tmp.
     let tmp_opts = format!("size={}m,mode=1777", spec.tmp_mb);
     tmpfs(&root.join("tmp"), &tmp_opts, RW)?;
     bind(Path::new("/usr"), &root.join("usr"), RO)?;
-    for (link, target) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")] {
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("sbin", "usr/sbin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ] {
         if Path::new("/").join(target).exists() {
             symlink(target, root.join(link)).map_err(io("linking", &root.join(link)))?;
         }
@@ -178,10 +208,18 @@ pub fn build_root(spec: &JailSpec) -> Result<(), MountError> {
     bind(&spec.sock_dir, &under(root, &spec.sock_dir), RW)?;
 
     let dev = root.join("dev");
-    tmpfs(&dev, "size=64k,mode=755", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
+    tmpfs(
+        &dev,
+        "size=64k,mode=755",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+    )?;
     for node in DEV_NODES {
         let host = Path::new("/dev").join(node);
-        bind(&host, &dev.join(node), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
+        bind(
+            &host,
+            &dev.join(node),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        )?;
     }
     for (link, target) in [
         ("fd", "/proc/self/fd"),
@@ -209,9 +247,14 @@ pub fn build_root(spec: &JailSpec) -> Result<(), MountError> {
     mkdirs(&old)?;
     nix::unistd::pivot_root(root, &old).map_err(sys("pivot_root into", root))?;
     nix::unistd::chdir("/").map_err(sys("chdir", Path::new("/")))?;
-    umount2("/.old", MntFlags::MNT_DETACH).map_err(sys("detaching the old root", Path::new("/.old")))?;
+    umount2("/.old", MntFlags::MNT_DETACH)
+        .map_err(sys("detaching the old root", Path::new("/.old")))?;
     fs::remove_dir("/.old").map_err(io("removing", Path::new("/.old")))?;
-    let ro_root = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let ro_root = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV;
     mount(None::<&str>, "/", None::<&str>, ro_root, None::<&str>)
         .map_err(sys("making read-only", Path::new("/")))?;
     Ok(())

@@ -30,7 +30,7 @@ pub fn landlock_abi() -> i64 {
 }
 
 /// Checks everything isolation needs; returns the cgroup layout to use.
-pub fn check(cgroup_root: &Path) -> Result<Layout, Missing> {
+pub fn check(cgroup_root: &Path, group: &str) -> Result<Layout, Missing> {
     let mut missing = Vec::new();
     if !nix::unistd::geteuid().is_root() {
         missing.push(
@@ -55,7 +55,7 @@ pub fn check(cgroup_root: &Path) -> Result<Layout, Missing> {
     if abi < 1 {
         missing.push("Landlock (boot with lsm=…,landlock, kernel 5.13 or newer)".into());
     }
-    let layout = match Layout::detect(cgroup_root) {
+    let layout = match Layout::detect(cgroup_root, group) {
         Ok(l) => Some(l),
         Err(e) => {
             missing.push(format!("cgroups: {e}"));

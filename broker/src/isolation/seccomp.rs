@@ -147,10 +147,25 @@ pub fn build() -> Result<Vec<BpfProgram>, SeccompError> {
         // its jumps are relative, so prepending keeps them valid.
         let prefix = vec![
             // A = seccomp_data.nr
-            sock_filter { code: 0x20, jt: 0, jf: 0, k: 0 },
+            sock_filter {
+                code: 0x20,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
             // if A >= X32_SYSCALL_BIT goto kill, else skip it
-            sock_filter { code: 0x35, jt: 0, jf: 1, k: X32_SYSCALL_BIT },
-            sock_filter { code: 0x06, jt: 0, jf: 0, k: libc::SECCOMP_RET_KILL_PROCESS },
+            sock_filter {
+                code: 0x35,
+                jt: 0,
+                jf: 1,
+                k: X32_SYSCALL_BIT,
+            },
+            sock_filter {
+                code: 0x06,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_KILL_PROCESS,
+            },
         ];
         deny.splice(0..0, prefix);
     }

@@ -113,12 +113,18 @@ impl KernelProcess {
             isolation::chown_tree(p, uid).map_err(prepare_err(p))?;
         }
 
-        let path_var = format!("{}:/usr/local/bin:/usr/bin:/bin", spec.image.bin_dir().display());
+        let path_var = format!(
+            "{}:/usr/local/bin:/usr/bin:/bin",
+            spec.image.bin_dir().display()
+        );
         let mut env: Vec<(String, String)> = vec![
             ("PATH".into(), path_var),
             ("LANG".into(), "C.UTF-8".into()),
             ("PYTHONIOENCODING".into(), "utf-8".into()),
-            ("MPLBACKEND".into(), "module://matplotlib_inline.backend_inline".into()),
+            (
+                "MPLBACKEND".into(),
+                "module://matplotlib_inline.backend_inline".into(),
+            ),
             ("PYDEVD_DISABLE_FILE_VALIDATION".into(), "1".into()),
         ];
         env.retain(|(k, _)| !spec.env.contains_key(k));

@@ -77,6 +77,10 @@ pub struct CreateOptions {
     pub metadata: JsonMap,
 }
 
+/// Holds a host-wide reservation of a uid range while the sandbox lives.
+#[derive(Debug)]
+pub(crate) struct UidLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
 /// The kernel slot of a sandbox, guarded by the FIFO execution lock.
 pub(crate) struct Runtime {
     kernel: Option<KernelProcess>,
@@ -98,6 +102,7 @@ pub struct Sandbox {
     jail: JailSpec,
     cgroup: SandboxCgroup,
     slot: u32,
+    _uid_lock: UidLock,
     cfg: Arc<Config>,
     /// Serialises executions, restarts and teardown, in arrival order.
     runtime: tokio::sync::Mutex<Runtime>,
@@ -274,7 +279,7 @@ pub struct Manager {
     sandboxes: RwLock<HashMap<SandboxId, Arc<Sandbox>>>,
     /// Live plus being-created sandboxes, for the limit.
     slots: AtomicUsize,
-    /// Uid-range slots in use.
+    /// Uid-range slots in use by this instance.
     uid_slots: Mutex<BTreeSet<u32>>,
     layout: Layout,
     shutting_down: AtomicBool,
@@ -341,8 +346,8 @@ impl Manager {
         }
         let mut slot = Slot(&self.slots, false);
         let id = SandboxId(Uuid::new_v4());
-        let uid_slot = self.take_uid_slot();
-        let sandbox = match self.assemble(id, uid_slot, opts) {
+        let (uid_slot, uid_lock) = self.take_uid_slot()?;
+        let sandbox = match self.assemble(id, uid_slot, uid_lock, opts) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 self.release_uid_slot(uid_slot);
@@ -370,11 +375,32 @@ impl Manager {
         Ok(sandbox)
     }
 
-    fn take_uid_slot(&self) -> u32 {
+    /// Reserves a uid range no other sandbox on this host holds: free in this
+    /// instance, and its lock file not held by another cellblock process.
+    fn take_uid_slot(&self) -> Result<(u32, UidLock), SandboxError> {
+        let dir = &self.cfg.uid_lock_dir;
+        std::fs::create_dir_all(dir).map_err(|source| SandboxError::Prepare {
+            path: dir.display().to_string(),
+            source,
+        })?;
         let mut used = self.uid_slots.lock().unwrap_or_else(|e| e.into_inner());
-        let free = (0..).find(|n| !used.contains(n)).unwrap_or(0);
-        used.insert(free);
-        free
+        let max_slots = (u32::MAX - self.cfg.uid_base) / ID_RANGE;
+        for n in 0..max_slots {
+            if used.contains(&n) {
+                continue;
+            }
+            let path = dir.join(n.to_string());
+            let Ok(file) = std::fs::File::create(&path) else {
+                continue;
+            };
+            if let Ok(lock) =
+                nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            {
+                used.insert(n);
+                return Ok((n, UidLock(lock)));
+            }
+        }
+        Err(SandboxError::TooMany(self.cfg.max_sandboxes))
     }
 
     fn release_uid_slot(&self, slot: u32) {
@@ -389,6 +415,7 @@ impl Manager {
         &self,
         id: SandboxId,
         uid_slot: u32,
+        uid_lock: UidLock,
         opts: CreateOptions,
     ) -> Result<Sandbox, SandboxError> {
         let name = id.0.simple().to_string();
@@ -438,6 +465,7 @@ impl Manager {
             jail,
             cgroup,
             slot: uid_slot,
+            _uid_lock: uid_lock,
             cfg: self.cfg.clone(),
             runtime: tokio::sync::Mutex::new(Runtime {
                 kernel: None,
