@@ -101,6 +101,9 @@ struct ServeArgs {
     /// Most output kept per execution, MiB.
     #[arg(long, default_value_t = 32)]
     max_output_mb: usize,
+    /// The cgroup filesystem root (for tests of the host check).
+    #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
+    cgroup_root: PathBuf,
 }
 
 fn ensure_image(args: &ImageArgs, name: &str) -> anyhow::Result<image::Image> {
@@ -121,6 +124,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.default_idle_timeout = Duration::from_secs(args.default_idle_timeout_s.max(1));
     cfg.max_body_bytes = args.max_body_mb.max(1) * 1024 * 1024;
     cfg.max_output_bytes = args.max_output_mb.max(1) * 1024 * 1024;
+    cfg.cgroup_root = args.cgroup_root;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

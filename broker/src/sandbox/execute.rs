@@ -125,6 +125,7 @@ impl Sandbox {
             self.replace_kernel(&mut rt).await?;
             kernel_restarted = true;
         }
+        let ooms_before = self.cgroup.oom_kills();
         let started = Instant::now();
         let execution_id = ExecutionId(Uuid::new_v4());
         self.executions.fetch_add(1, Ordering::SeqCst);
@@ -168,7 +169,7 @@ impl Sandbox {
         let timed_out = started.elapsed() >= opts.timeout;
         let mut state_lost = false;
         let mut deleted = false;
-        let status = match &ending {
+        let mut status = match &ending {
             Ending::Complete if reply_error || collector.outputs().error.is_some() => {
                 ExecStatus::Error
             }
@@ -195,7 +196,18 @@ impl Sandbox {
         drop(rt);
         let out = collector.finish();
         let mut error = out.error;
-        if deleted && error.is_none() {
+        let oom_killed = state_lost && self.cgroup.oom_kills() > ooms_before;
+        if oom_killed {
+            status = ExecStatus::Error;
+            error = Some(ErrorContent {
+                ename: "OOMKilled".into(),
+                evalue: format!(
+                    "the sandbox ran out of memory (limit {} MB) and its kernel was killed; a fresh kernel was started and its state was lost",
+                    self.limits.memory_mb
+                ),
+                traceback: Vec::new(),
+            });
+        } else if deleted && error.is_none() {
             error = Some(ErrorContent {
                 ename: "SandboxDeleted".into(),
                 evalue: "the sandbox was deleted (or the server stopped) during execution".into(),
