@@ -24,6 +24,7 @@ pub fn reap(cfg: &Config, layout: &Layout) -> usize {
                 isolation::signal_group(pid, Signal::SIGKILL);
                 killed += 1;
             }
+            isolation::unmount_home(&dir.join("sock"));
             remove(&dir);
         }
     }

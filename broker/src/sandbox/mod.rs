@@ -77,6 +77,9 @@ pub struct CreateOptions {
     pub metadata: JsonMap,
 }
 
+/// Size of the tmpfs holding a sandbox's sockets, connection file and caches.
+const SOCK_DIR_MB: u64 = 16;
+
 /// Holds a host-wide reservation of a uid range while the sandbox lives.
 #[derive(Debug)]
 pub(crate) struct UidLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
@@ -262,6 +265,7 @@ impl Sandbox {
         }
         self.cgroup.remove();
         isolation::unmount_home(&self.jail.home_dir);
+        isolation::unmount_home(&self.jail.sock_dir);
         for dir in [&self.run_dir, &self.jail.home_dir, &self.jail.root_dir] {
             if let Err(e) = std::fs::remove_dir_all(dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -448,7 +452,12 @@ impl Manager {
         )?;
         let mut jail = jail;
         jail.cgroup_procs = cgroup.procs_files();
-        if let Err(e) = isolation::mount_home(&jail.home_dir, limits.disk_mb, jail.host_uid()) {
+        // The socket dir is shared with the kernel: a small tmpfs, so what the
+        // kernel writes there is bounded too.
+        let mounted = isolation::mount_home(&jail.home_dir, limits.disk_mb, jail.host_uid())
+            .and_then(|()| isolation::mount_home(&jail.sock_dir, SOCK_DIR_MB, jail.host_uid()));
+        if let Err(e) = mounted {
+            isolation::unmount_home(&jail.home_dir);
             cgroup.remove();
             return Err(e.into());
         }
