@@ -133,5 +133,6 @@ pub async fn run(cfg: Config, image: Image) -> Result<(), ServeError> {
         }
     };
     manager.shutdown().await;
+    manager.layout().remove_parents();
     served
 }

@@ -115,7 +115,9 @@ impl ConnectionInfo {
         Ok(info)
     }
 
-    /// Writes the connection file, readable by its owner only.
+    /// Writes a new connection file, readable by its owner only. Refuses to
+    /// overwrite or follow anything already at `path` (a symlink planted
+    /// there must not redirect the write).
     pub fn write(&self, path: &Path) -> Result<(), ConnectionError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -126,8 +128,7 @@ impl ConnectionInfo {
         })?;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(path)
             .map_err(|source| ConnectionError::Write {

@@ -1,7 +1,9 @@
 //! `cargo bench -p cellblock-tests --bench roundtrip`
 //!
 //! Median, p90 and p99 of:
-//! - sandbox create → ready over HTTP;
+//! - sandbox create → ready over HTTP (fully isolated), next to a plain
+//!   `python -m ipykernel_launcher` spawn → `kernel_info` reply with no
+//!   isolation at all (the baseline; the difference is the isolation cost);
 //! - HTTP `execute` of `pass`, end to end through the built binary;
 //! - a direct ZeroMQ round trip (`execute_request` → reply + idle) to the same
 //!   kernel with cellblock-protocol, the floor the HTTP path is compared to.
@@ -24,6 +26,42 @@ fn stats(mut v: Vec<Duration>) -> serde_json::Value {
     json!({"n": v.len(), "median_ms": pick(0.5), "p90_ms": pick(0.9), "p99_ms": pick(0.99)})
 }
 
+/// Spawns a bare kernel from the image with no isolation and times it to ready.
+async fn plain_kernel_start() -> Duration {
+    let image = cellblock_tests::images_dir().join("python");
+    let version = std::fs::read_dir(&image)
+        .expect("image dir")
+        .flatten()
+        .find(|e| e.path().join(".complete").exists())
+        .expect("a built image")
+        .path();
+    let dir = cellblock_tests::temp_data_dir();
+    let conn = ConnectionInfo::new_ipc(&dir.join("k"));
+    let conn_path = dir.join("k.json");
+    conn.write(&conn_path).unwrap();
+    let t = Instant::now();
+    let mut child = tokio::process::Command::new(version.join("venv/bin/python"))
+        .args(["-m", "ipykernel_launcher", "-f"])
+        .arg(&conn_path)
+        .env("IPYTHONDIR", dir.join("ipy"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn kernel");
+    let client = KernelClient::connect(&conn, ClientOptions::default())
+        .await
+        .expect("connect");
+    client
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .expect("ready");
+    let took = t.elapsed();
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    took
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n: usize = std::env::var("BENCH_N")
@@ -40,6 +78,10 @@ async fn main() {
         create.push(t.elapsed());
     }
     let id = last;
+    let mut plain = Vec::new();
+    for _ in 0..8 {
+        plain.push(plain_kernel_start().await);
+    }
     for _ in 0..20 {
         s.exec(&id, "pass").await;
     }
@@ -78,8 +120,14 @@ async fn main() {
     let http_s = stats(http);
     let direct_s = stats(direct);
     let ratio = http_s["median_ms"].as_f64().unwrap() / direct_s["median_ms"].as_f64().unwrap();
+    let create_s = stats(create);
+    let plain_s = stats(plain);
+    let isolation_cost =
+        create_s["median_ms"].as_f64().unwrap() - plain_s["median_ms"].as_f64().unwrap();
     let report = json!({
-        "create_to_ready": stats(create),
+        "create_to_ready": create_s,
+        "plain_kernel_start": plain_s,
+        "isolation_cost_median_ms": isolation_cost,
         "http_execute_pass": http_s,
         "direct_zmq_execute_pass": direct_s,
         "http_over_direct_median_ratio": ratio,
@@ -105,6 +153,7 @@ async fn main() {
         );
     }
     println!("HTTP / direct median ratio: {ratio:.2}x (target ≤ 1.15x)");
+    println!("isolation cost (create median − plain spawn median): {isolation_cost:.1} ms (target ≤ 30 ms)");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     let _ = std::fs::create_dir_all(&out);
     let _ = std::fs::write(

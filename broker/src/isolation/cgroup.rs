@@ -118,6 +118,15 @@ impl Layout {
         }
     }
 
+    /// Removes this instance's (empty) parent group(s), at shutdown.
+    pub fn remove_parents(&self) {
+        for p in self.parents() {
+            if let Err(e) = fs::remove_dir(p) {
+                tracing::debug!(dir = %p.display(), error = %e, "removing the cgroup parent");
+            }
+        }
+    }
+
     /// Directories of leftover sandbox cgroups (for reaping at start).
     pub fn leftovers(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();

@@ -85,3 +85,26 @@ pub fn chown_tree(path: &std::path::Path, uid: u32) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Gives a sandbox an empty, private tmpfs at `dir` (a host path), replacing
+/// whatever was mounted there: a kernel generation never inherits files,
+/// symlinks or sockets planted by an earlier one.
+pub fn fresh_tmpfs(dir: &std::path::Path, size_mb: u64, uid: u32) -> Result<(), HomeError> {
+    unmount_home(dir);
+    mount_home(dir, size_mb, uid)
+}
+
+/// Takes a directory away from the sandbox user: owned by host root, mode
+/// 0755. Its entries stay, but the sandbox can no longer add, remove or
+/// replace them (its uid is not the owner and holds no capability over it).
+pub fn seal_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::lchown(dir, Some(0), Some(0))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+}
+
+/// True if `path` itself (not a symlink target) is a unix socket.
+pub fn is_socket(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}

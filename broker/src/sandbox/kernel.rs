@@ -39,6 +39,10 @@ pub enum KernelError {
     StartTimeout(Duration, String),
     #[error("connecting to the kernel: {0}")]
     Client(#[from] cellblock_protocol::ClientError),
+    #[error("preparing the socket dir: {0}")]
+    SockDir(#[from] isolation::HomeError),
+    #[error("the kernel's socket {0} is not a socket (tampered with?)")]
+    NotASocket(String),
 }
 
 /// What a kernel needs to start.
@@ -53,6 +57,9 @@ pub struct KernelSpec<'a> {
     pub start_timeout: Duration,
     pub max_message_bytes: usize,
 }
+
+/// Size of the tmpfs holding a kernel's sockets, connection file and caches.
+pub const SOCK_DIR_MB: u64 = 16;
 
 /// How much of a kernel's stderr is kept for error messages.
 const STDERR_TAIL: usize = 4096;
@@ -92,6 +99,9 @@ impl KernelProcess {
     pub async fn start(spec: KernelSpec<'_>) -> Result<Self, KernelError> {
         let sock = &spec.jail.sock_dir;
         let uid = spec.jail.host_uid();
+        // An empty socket dir for every generation: nothing an earlier kernel
+        // planted there (symlinks to host files or sockets) survives.
+        isolation::fresh_tmpfs(sock, SOCK_DIR_MB, uid)?;
         let prefix = sock.join(format!("k{}", spec.generation));
         let conn_path = sock.join(format!("k{}.json", spec.generation));
         let mut conn = ConnectionInfo::new_ipc(&prefix);
@@ -100,15 +110,12 @@ impl KernelProcess {
         // Writable copies: matplotlib's font cache, and the IPython profile
         // (IPython ignores a read-only IPYTHONDIR and with it our config).
         let mpl = sock.join("mpl");
-        if !mpl.exists() {
-            copy_dir(&spec.image.mpl_cache(), &mpl).map_err(prepare_err(&mpl))?;
-        }
+        copy_dir(&spec.image.mpl_cache(), &mpl).map_err(prepare_err(&mpl))?;
         let ipython = sock.join("ipython");
         let profile = ipython.join("profile_default");
-        if !profile.exists() {
-            copy_dir(&spec.image.ipython_dir().join("profile_default"), &profile)
-                .map_err(prepare_err(&profile))?;
-        }
+        std::fs::create_dir(&ipython).map_err(prepare_err(&ipython))?;
+        copy_dir(&spec.image.ipython_dir().join("profile_default"), &profile)
+            .map_err(prepare_err(&profile))?;
         for p in [sock, &conn_path, &mpl, &ipython] {
             isolation::chown_tree(p, uid).map_err(prepare_err(p))?;
         }
@@ -139,6 +146,10 @@ impl KernelProcess {
         let mut jail = spec.jail.clone();
         jail.argv = vec![
             spec.image.python().display().to_string(),
+            // -I: the launcher is imported from the image, never from a
+            // planted /home/user/cellblock_kernel.py (IPython adds the working
+            // directory to sys.path for user code later).
+            "-I".into(),
             "-m".into(),
             "cellblock_kernel".into(),
             "-f".into(),
@@ -208,6 +219,7 @@ impl KernelProcess {
         };
         let mut exited_start = exited.clone();
         let ready = async {
+            seal_sockets(&conn, spec.start_timeout).await?;
             let client = KernelClient::connect(&conn, opts).await?;
             let info = client.wait_ready(spec.start_timeout).await?;
             Ok::<_, KernelError>((client, info))
@@ -286,13 +298,53 @@ impl KernelProcess {
     }
 }
 
-/// Copies a flat directory (the matplotlib cache).
+/// Waits for the kernel's five sockets, then seals the socket dir so the
+/// sandbox can no longer swap them for symlinks, and checks that each is a
+/// socket. Only then does the broker (host root) connect to them.
+async fn seal_sockets(conn: &ConnectionInfo, timeout: Duration) -> Result<(), KernelError> {
+    let ports = [
+        conn.shell_port,
+        conn.iopub_port,
+        conn.stdin_port,
+        conn.control_port,
+        conn.hb_port,
+    ];
+    let paths: Vec<PathBuf> = ports
+        .iter()
+        .filter_map(|&p| conn.ipc_path(p).map(PathBuf::from))
+        .collect();
+    let deadline = std::time::Instant::now() + timeout;
+    while !paths.iter().all(|p| p.symlink_metadata().is_ok()) {
+        if std::time::Instant::now() >= deadline {
+            return Err(KernelError::StartTimeout(
+                timeout,
+                "its sockets never appeared".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    if let Some(dir) = paths.first().and_then(|p| p.parent()) {
+        isolation::seal_dir(dir).map_err(prepare_err(dir))?;
+    }
+    match paths.iter().find(|p| !isolation::is_socket(p)) {
+        Some(bad) => Err(KernelError::NotASocket(bad.display().to_string())),
+        None => Ok(()),
+    }
+}
+
+/// Copies the files of a flat directory into a new directory, refusing to
+/// follow or overwrite anything already there.
 fn copy_dir(from: &Path, to: &PathBuf) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
+    std::fs::create_dir(to)?;
     if let Ok(entries) = std::fs::read_dir(from) {
         for e in entries.flatten() {
             if e.file_type()?.is_file() {
-                std::fs::copy(e.path(), to.join(e.file_name()))?;
+                let mut src = std::fs::File::open(e.path())?;
+                let mut dst = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(to.join(e.file_name()))?;
+                std::io::copy(&mut src, &mut dst)?;
             }
         }
     }

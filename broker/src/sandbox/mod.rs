@@ -77,9 +77,6 @@ pub struct CreateOptions {
     pub metadata: JsonMap,
 }
 
-/// Size of the tmpfs holding a sandbox's sockets, connection file and caches.
-const SOCK_DIR_MB: u64 = 16;
-
 /// Holds a host-wide reservation of a uid range while the sandbox lives.
 #[derive(Debug)]
 pub(crate) struct UidLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
@@ -452,12 +449,8 @@ impl Manager {
         )?;
         let mut jail = jail;
         jail.cgroup_procs = cgroup.procs_files();
-        // The socket dir is shared with the kernel: a small tmpfs, so what the
-        // kernel writes there is bounded too.
-        let mounted = isolation::mount_home(&jail.home_dir, limits.disk_mb, jail.host_uid())
-            .and_then(|()| isolation::mount_home(&jail.sock_dir, SOCK_DIR_MB, jail.host_uid()));
-        if let Err(e) = mounted {
-            isolation::unmount_home(&jail.home_dir);
+        // The socket dir gets its own small tmpfs at every kernel start.
+        if let Err(e) = isolation::mount_home(&jail.home_dir, limits.disk_mb, jail.host_uid()) {
             cgroup.remove();
             return Err(e.into());
         }
