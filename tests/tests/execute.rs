@@ -217,3 +217,26 @@ async fn sandboxes_are_separate_and_concurrency_keeps_outputs_apart() {
         assert_eq!(c, (2..=21).collect::<Vec<i64>>());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modules_in_home_import_but_cannot_replace_the_launcher() {
+    let s = Server::start();
+    let id = s.create(json!({})).await;
+    let r = s
+        .exec(
+            &id,
+            "open('mymod.py', 'w').write('V = 7')\nimport mymod\nprint(mymod.V)",
+        )
+        .await;
+    assert_eq!(r["stdout"], "7\n", "{r}");
+    // A planted launcher must not be what starts the next kernel.
+    s.exec(
+        &id,
+        "open('cellblock_kernel.py', 'w').write('raise SystemExit(3)')",
+    )
+    .await;
+    let r = s.exec(&id, "import os; os._exit(1)").await;
+    assert_eq!(r["status"], "crashed", "{r}");
+    let r = s.exec(&id, "print('fresh kernel')").await;
+    assert_eq!(r["stdout"], "fresh kernel\n", "{r}");
+}
