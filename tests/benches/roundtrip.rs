@@ -94,7 +94,7 @@ async fn main() {
     }
 
     let simple = uuid::Uuid::parse_str(&id).unwrap().simple().to_string();
-    let conn_path = s.data_dir.join("run").join(simple).join("k0.json");
+    let conn_path = s.data_dir.join("run").join(simple).join("sock/k0.json");
     let conn = ConnectionInfo::read(&conn_path).expect("connection file");
     let client = KernelClient::connect(&conn, ClientOptions::default())
         .await
@@ -139,6 +139,7 @@ async fn main() {
     );
     for key in [
         "create_to_ready",
+        "plain_kernel_start",
         "http_execute_pass",
         "direct_zmq_execute_pass",
     ] {
