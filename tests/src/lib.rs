@@ -260,6 +260,8 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // Gracefully first, so sandboxes are torn down (mounts, cgroups).
+        let _ = self.terminate(Duration::from_secs(15));
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

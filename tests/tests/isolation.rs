@@ -1226,3 +1226,21 @@ os._exit(1)
         s.pid()
     );
 }
+
+#[cfg(target_arch = "x86_64")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x32_syscalls_kill_the_process() {
+    let s = start();
+    let id = s.create(json!({})).await;
+    // getpid through the x32 ABI: the seccomp filter kills the caller.
+    let code = "import ctypes\nctypes.CDLL(None).syscall(0x40000000 + 39)\nprint('survived')";
+    let (status, r) = exec_raw(&s, &id, code).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["status"], "crashed", "{r}");
+    assert!(
+        !r["stdout"].as_str().unwrap_or("").contains("survived"),
+        "{r}"
+    );
+    let out = run(&s, &id, "print('next')").await;
+    assert_eq!(out, "next\n");
+}

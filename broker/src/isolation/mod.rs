@@ -14,6 +14,19 @@
 //!                                               no_new_privs, uid 1000, Landlock, seccomp, exec
 //! ```
 //!
+//! ## Reuse by the zygote (issue #8)
+//!
+//! The steps are plain functions over one input, [`JailSpec`](spec::JailSpec),
+//! with a single narrow entry ([`jail::run`]). Only the last step differs
+//! between a fresh kernel and one forked from a preloaded Python zygote: today
+//! P3 ends in `execve`; a zygote child would run the same P0–P3 steps in
+//! process (through a small binding of this module, called right after the
+//! zygote's `fork`, while the child is still single-threaded) and return into
+//! Python instead of exec'ing. Nothing here may assume it runs in the
+//! `cellblock` binary, so there is no second, weaker path to build later.
+//!
+//! ## Modules
+//!
 //! - [`spec`]: [`JailSpec`](spec::JailSpec), what the helper is told to build.
 //! - [`jail`]: the process chain above, step by step, in order.
 //! - [`mounts`]: the private root.
