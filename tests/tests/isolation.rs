@@ -1062,13 +1062,32 @@ print("STARTED", sleeps())
 /// Acceptance 14: without usable cgroups the broker refuses to start.
 #[test]
 fn host_check_refuses_missing_cgroups() {
+    let err = refused_with_cgroup_root("/nonexistent-dir");
+    assert!(err.contains("cgroups"), "{err}");
+    assert!(err.contains("/nonexistent-dir"), "{err}");
+    // A real cgroup v2 mount without the memory, pids and cpu controllers
+    // (this CI host's /sys/fs/cgroup/unified has only hugetlb) is refused
+    // too, naming what is missing.
+    let unified = "/sys/fs/cgroup/unified";
+    if let Ok(have) = std::fs::read_to_string(format!("{unified}/cgroup.controllers")) {
+        if !have.contains("memory") {
+            let err = refused_with_cgroup_root(unified);
+            assert!(err.contains("cgroup v2 lacks"), "{err}");
+            assert!(err.contains("memory"), "{err}");
+        }
+    }
+}
+
+/// Runs `serve` with `--cgroup-root root`, asserts it refuses to start, and
+/// returns its stderr.
+fn refused_with_cgroup_root(root: &str) -> String {
     let dir = cellblock_tests::temp_data_dir();
     let mut child = std::process::Command::new(cellblock_tests::binary())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&dir)
         .arg("--images-dir")
         .arg(cellblock_tests::images_dir())
-        .args(["--cgroup-root", "/nonexistent-dir"])
+        .args(["--cgroup-root", root])
         .env_remove("CELLBLOCK_API_KEY")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -1084,17 +1103,16 @@ fn host_check_refuses_missing_cgroups() {
             let _ = child.kill();
             let _ = child.wait();
             let _ = std::fs::remove_dir_all(&dir);
-            panic!("cellblock started without cgroups");
+            panic!("cellblock started with cgroup root {root}");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let out = child.wait_with_output().expect("output");
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!status.success(), "{status:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(err.contains("cannot run sandboxes safely"), "{err}");
-    assert!(err.contains("cgroups"), "{err}");
-    assert!(err.contains("/nonexistent-dir"), "{err}");
+    err
 }
 
 /// Polls `found` until it reports something, or `work` finishes; returns
