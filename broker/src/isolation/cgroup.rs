@@ -3,6 +3,7 @@
 //! detected, never assumed; the cgroup root is passed in so tests can point
 //! it at a temporary directory.
 
+use super::step_io as io;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -11,21 +12,8 @@ use std::path::{Path, PathBuf};
 pub enum CgroupError {
     #[error("no usable cgroup hierarchy under {root}: {why}")]
     Unsupported { root: String, why: String },
-    #[error("{step} {path}: {source}")]
-    Io {
-        step: &'static str,
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn io<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
-    move |source| CgroupError::Io {
-        step,
-        path: path.display().to_string(),
-        source,
-    }
+    #[error(transparent)]
+    Io(#[from] super::StepIo),
 }
 
 /// Which cgroup version holds the controllers.
@@ -180,7 +168,7 @@ impl Layout {
 }
 
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
-    fs::write(path, value).map_err(io("writing", path))
+    Ok(fs::write(path, value).map_err(io("writing", path))?)
 }
 
 /// The cgroup(s) of one sandbox.

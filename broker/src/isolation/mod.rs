@@ -47,6 +47,28 @@ pub mod spec;
 
 pub use signals::{cmdline_mentions, is_alive, processes_mentioning, signal_group};
 
+/// A failed file operation of a setup step, with the step and the path.
+#[derive(Debug, thiserror::Error)]
+#[error("{step} {path}: {source}")]
+pub struct StepIo {
+    pub step: &'static str,
+    pub path: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Maps an I/O error to a [`StepIo`] naming `step` and `path`.
+pub(crate) fn step_io<'a>(
+    step: &'static str,
+    path: &'a std::path::Path,
+) -> impl FnOnce(std::io::Error) -> StepIo + 'a {
+    move |source| StepIo {
+        step,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
 /// Errors mounting or unmounting a sandbox's home.
 #[derive(Debug, thiserror::Error)]
 #[error("{step} {path}: {errno}")]

@@ -11,6 +11,7 @@
 //! - no `/sys`, and a synthetic `/etc`; nothing else of the host.
 
 use super::spec::{JailSpec, SANDBOX_UID};
+use super::step_io as io;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::statvfs::{statvfs, FsFlags};
 use std::fs;
@@ -35,13 +36,8 @@ pub enum MountError {
         path: String,
         errno: nix::errno::Errno,
     },
-    #[error("{step} {path}: {source}")]
-    Io {
-        step: &'static str,
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] super::StepIo),
 }
 
 fn sys<'a>(
@@ -55,21 +51,13 @@ fn sys<'a>(
     }
 }
 
-fn io<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MountError + 'a {
-    move |source| MountError::Io {
-        step,
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 /// `inner` (absolute) re-rooted under `root`.
 fn under(root: &Path, inner: &Path) -> PathBuf {
     root.join(inner.strip_prefix("/").unwrap_or(inner))
 }
 
 fn mkdirs(p: &Path) -> Result<(), MountError> {
-    fs::create_dir_all(p).map_err(io("creating", p))
+    Ok(fs::create_dir_all(p).map_err(io("creating", p))?)
 }
 
 fn tmpfs(target: &Path, opts: &str, flags: MsFlags) -> Result<(), MountError> {
