@@ -1262,3 +1262,15 @@ async fn x32_syscalls_kill_the_process() {
     let out = run(&s, &id, "print('next')").await;
     assert_eq!(out, "next\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_loops_get_only_their_cpu_quota() {
+    let s = start();
+    let id = s.create(json!({"limits": {"cpus": 0.5}})).await;
+    // CPU time over 3 s of wall time, spinning: about 1.5 s at 0.5 CPU, 3 s
+    // unconfined. The bound is loose; it tells a quota from none.
+    let code = "import time\nw, c = time.time(), time.process_time()\nwhile time.time() - w < 3: pass\nprint(round((time.process_time() - c) / (time.time() - w), 2))";
+    let out = run(&s, &id, code).await;
+    let share: f64 = out.trim().parse().expect("a number");
+    assert!(share < 0.8, "a 0.5-CPU sandbox used {share} of a CPU");
+}
