@@ -134,8 +134,13 @@ pub fn fresh_tmpfs(dir: &std::path::Path, size_mb: u64, uid: u32) -> Result<(), 
 /// replace them (its uid is not the owner and holds no capability over it).
 pub fn seal_dir(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    let mode = || std::fs::Permissions::from_mode(0o755);
+    // 0755 before the chown too: the kernel is still reading the dir, and a
+    // moment of root-owned 0700 would fail its lookups.
+    std::fs::set_permissions(dir, mode())?;
     std::os::unix::fs::lchown(dir, Some(0), Some(0))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+    // Again as owner root: undoes any mode the kernel set in between.
+    std::fs::set_permissions(dir, mode())
 }
 
 /// True if `path` itself (not a symlink target) is a unix socket.
