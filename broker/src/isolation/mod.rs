@@ -36,6 +36,7 @@
 //! - [`preflight`]: the host check that refuses to run unconfined.
 //! - [`signals`]: signals to process groups and `/proc` checks.
 
+pub mod beneath;
 pub mod cgroup;
 pub mod fsrules;
 pub mod jail;
