@@ -7,10 +7,12 @@
 
 pub mod body;
 pub mod error;
+pub mod files;
 pub mod sandboxes;
 
 use crate::sandbox::Manager;
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -120,6 +122,14 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/sandboxes/{id}/execute", post(sandboxes::execute))
         .route("/sandboxes/{id}/interrupt", post(sandboxes::interrupt))
         .route("/sandboxes/{id}/restart", post(sandboxes::restart))
+        .route(
+            "/sandboxes/{id}/files",
+            get(files::list).post(files::upload_multipart.layer(DefaultBodyLimit::disable())),
+        )
+        .route(
+            "/sandboxes/{id}/files/{*path}",
+            get(files::get).put(files::put).delete(files::delete),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()

@@ -80,7 +80,7 @@ const MAX_ENV_VARS: usize = 256;
 const MAX_ENV_BYTES: usize = 64 * 1024;
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 
-fn parse_id(raw: &str) -> Result<SandboxId, ApiError> {
+pub(super) fn parse_id(raw: &str) -> Result<SandboxId, ApiError> {
     uuid::Uuid::parse_str(raw).map(SandboxId).map_err(|_| {
         ApiError::new(
             StatusCode::NOT_FOUND,

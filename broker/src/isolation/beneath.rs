@@ -138,7 +138,11 @@ impl Root {
     }
 
     fn at<Fd: AsFd>(dir: Fd, rel: &Path, flags: OFlag, mode: u32) -> Result<OwnedFd, BeneathError> {
-        let rel_or_dot = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+        let rel_or_dot = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
         let how = OpenHow::new()
             .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
             .mode(Mode::from_bits_truncate(mode))
@@ -192,15 +196,22 @@ impl Root {
 
     /// Creates a new temporary file in `dir` for an upload.
     pub fn create_temp(&self, dir: &OwnedFd) -> Result<(File, PathBuf), BeneathError> {
-        let name = PathBuf::from(format!(".cellblock-upload-{}", uuid::Uuid::new_v4().simple()));
+        let name = PathBuf::from(format!(
+            ".cellblock-upload-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
         let fd = Self::at(
             dir,
             &name,
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
             0o644,
         )?;
-        fchown(&fd, Some(Uid::from_raw(self.uid)), Some(Gid::from_raw(self.uid)))
-            .map_err(|e| BeneathError::from_errno(&name, e))?;
+        fchown(
+            &fd,
+            Some(Uid::from_raw(self.uid)),
+            Some(Gid::from_raw(self.uid)),
+        )
+        .map_err(|e| BeneathError::from_errno(&name, e))?;
         Ok((File::from(fd), name))
     }
 
@@ -231,19 +242,30 @@ impl Root {
             .map_err(|e| BeneathError::from_errno(rel, e))?;
         if kind_of(st.st_mode) == Kind::Dir {
             if recursive {
-                let dir = Self::at(&parent, Path::new(name), OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)?;
+                let dir = Self::at(
+                    &parent,
+                    Path::new(name),
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                    0,
+                )?;
                 empty_dir(dir, rel)?;
             }
             return unlinkat(&parent, name, UnlinkatFlags::RemoveDir)
                 .map_err(|e| BeneathError::from_errno(rel, e));
         }
-        unlinkat(&parent, name, UnlinkatFlags::NoRemoveDir).map_err(|e| BeneathError::from_errno(rel, e))
+        unlinkat(&parent, name, UnlinkatFlags::NoRemoveDir)
+            .map_err(|e| BeneathError::from_errno(rel, e))
     }
 
     /// Lists `rel` down to `depth` levels, at most `cap` entries. Symlinks
     /// are listed, never followed. Returns the entries and whether the cap cut
     /// the listing short.
-    pub fn list(&self, rel: &Path, depth: u32, cap: usize) -> Result<(Vec<Entry>, bool), BeneathError> {
+    pub fn list(
+        &self,
+        rel: &Path,
+        depth: u32,
+        cap: usize,
+    ) -> Result<(Vec<Entry>, bool), BeneathError> {
         let dir = self.open_dir(rel)?;
         let mut out = Vec::new();
         let truncated = walk(dir, rel, depth, cap, &mut out)?;
@@ -262,7 +284,10 @@ fn fchown_at(dir: &OwnedFd, name: &Path, uid: u32) -> Result<(), BeneathError> {
     .map_err(|e| BeneathError::from_errno(name, e))
 }
 
-fn entries(dir: OwnedFd, rel: &Path) -> Result<(nix::dir::Dir, Vec<(String, Entry)>), BeneathError> {
+fn entries(
+    dir: OwnedFd,
+    rel: &Path,
+) -> Result<(nix::dir::Dir, Vec<(String, Entry)>), BeneathError> {
     let mut d = nix::dir::Dir::from_fd(dir).map_err(|e| BeneathError::from_errno(rel, e))?;
     let mut found = Vec::new();
     let names: Vec<std::ffi::CString> = d
@@ -273,7 +298,11 @@ fn entries(dir: OwnedFd, rel: &Path) -> Result<(nix::dir::Dir, Vec<(String, Entr
         .collect();
     for cname in names {
         let name = cname.to_string_lossy().into_owned();
-        let Ok(st) = fstatat(&d, cname.as_c_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) else {
+        let Ok(st) = fstatat(
+            &d,
+            cname.as_c_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) else {
             continue;
         };
         let path = rel.join(&name).display().to_string();
@@ -291,7 +320,13 @@ fn entries(dir: OwnedFd, rel: &Path) -> Result<(nix::dir::Dir, Vec<(String, Entr
     Ok((d, found))
 }
 
-fn walk(dir: OwnedFd, rel: &Path, depth: u32, cap: usize, out: &mut Vec<Entry>) -> Result<bool, BeneathError> {
+fn walk(
+    dir: OwnedFd,
+    rel: &Path,
+    depth: u32,
+    cap: usize,
+    out: &mut Vec<Entry>,
+) -> Result<bool, BeneathError> {
     let (d, mut found) = entries(dir, rel)?;
     found.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, entry) in found {
@@ -301,7 +336,12 @@ fn walk(dir: OwnedFd, rel: &Path, depth: u32, cap: usize, out: &mut Vec<Entry>) 
         let is_dir = entry.kind == Kind::Dir;
         out.push(entry);
         if is_dir && depth > 1 {
-            if let Ok(sub) = Root::at(&d, Path::new(&name), OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0) {
+            if let Ok(sub) = Root::at(
+                &d,
+                Path::new(&name),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                0,
+            ) {
                 if walk(sub, &rel.join(&name), depth - 1, cap, out)? {
                     return Ok(true);
                 }
@@ -318,9 +358,11 @@ fn empty_dir(dir: OwnedFd, rel: &Path) -> Result<(), BeneathError> {
         if entry.kind == Kind::Dir {
             let sub = Root::at(&d, n, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)?;
             empty_dir(sub, &rel.join(n))?;
-            unlinkat(&d, n, UnlinkatFlags::RemoveDir).map_err(|e| BeneathError::from_errno(n, e))?;
+            unlinkat(&d, n, UnlinkatFlags::RemoveDir)
+                .map_err(|e| BeneathError::from_errno(n, e))?;
         } else {
-            unlinkat(&d, n, UnlinkatFlags::NoRemoveDir).map_err(|e| BeneathError::from_errno(n, e))?;
+            unlinkat(&d, n, UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| BeneathError::from_errno(n, e))?;
         }
     }
     Ok(())
@@ -335,13 +377,17 @@ mod tests {
         assert_eq!(validate("a/./b//c").unwrap(), PathBuf::from("a/b/c"));
         for bad in ["/etc/shadow", "../x", "a/../../b", "a\0b", ""] {
             let r = validate(bad);
-            assert!(bad.is_empty() && r.as_ref().is_ok_and(|p| p.as_os_str().is_empty()) || r.is_err(), "{bad:?}");
+            assert!(
+                bad.is_empty() && r.as_ref().is_ok_and(|p| p.as_os_str().is_empty()) || r.is_err(),
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn refuses_symlinks_and_escapes() {
-        let home = std::env::temp_dir().join(format!("cb-beneath-{}", uuid::Uuid::new_v4().simple()));
+        let home =
+            std::env::temp_dir().join(format!("cb-beneath-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(home.join("d")).unwrap();
         std::fs::write(home.join("d/f.txt"), b"hi").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", home.join("link")).unwrap();
@@ -351,10 +397,22 @@ mod tests {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut f, &mut s).unwrap();
         assert_eq!((s.as_str(), size), ("hi", 2));
-        assert!(matches!(root.read_file(Path::new("link")), Err(BeneathError::Refused(_))));
-        assert!(matches!(root.read_file(Path::new("dirlink/passwd")), Err(BeneathError::Refused(_))));
-        assert!(matches!(root.read_file(Path::new("d")), Err(BeneathError::IsADirectory(_))));
-        assert!(matches!(root.read_file(Path::new("nope")), Err(BeneathError::NotFound(_))));
+        assert!(matches!(
+            root.read_file(Path::new("link")),
+            Err(BeneathError::Refused(_))
+        ));
+        assert!(matches!(
+            root.read_file(Path::new("dirlink/passwd")),
+            Err(BeneathError::Refused(_))
+        ));
+        assert!(matches!(
+            root.read_file(Path::new("d")),
+            Err(BeneathError::IsADirectory(_))
+        ));
+        assert!(matches!(
+            root.read_file(Path::new("nope")),
+            Err(BeneathError::NotFound(_))
+        ));
         assert!(matches!(
             root.make_parents(Path::new("dirlink/x")),
             Err(BeneathError::Refused(_) | BeneathError::NotADirectory(_))
@@ -365,8 +423,14 @@ mod tests {
         let names: Vec<_> = list.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(names, vec!["d", "d/f.txt", "dirlink", "link"]);
         root.remove(Path::new("link"), false).unwrap();
-        assert!(std::fs::metadata("/etc/passwd").is_ok(), "the target must survive");
-        assert!(matches!(root.remove(Path::new("d"), false), Err(BeneathError::NotEmpty(_))));
+        assert!(
+            std::fs::metadata("/etc/passwd").is_ok(),
+            "the target must survive"
+        );
+        assert!(matches!(
+            root.remove(Path::new("d"), false),
+            Err(BeneathError::NotEmpty(_))
+        ));
         root.remove(Path::new("d"), true).unwrap();
         std::fs::remove_dir_all(home).unwrap();
     }

@@ -13,11 +13,13 @@
 
 use super::{ExecutionId, Sandbox, SandboxError};
 use crate::isolation;
+use crate::isolation::beneath::Kind;
 use cellblock_protocol::client::{Execution, ExecutionEvent};
 use cellblock_protocol::message::{ErrorContent, ExecuteRequest};
 use cellblock_protocol::outputs::{Output, OutputCollector};
 use nix::sys::signal::Signal;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +52,80 @@ pub struct ExecutionResult {
     pub kernel_restarted: bool,
     /// Variables, imports and functions defined before are gone.
     pub state_lost: bool,
+    /// What changed under /home/user during the execution.
+    pub files: FileChanges,
+}
+
+/// A file reported as changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangedFile {
+    pub path: String,
+    pub size: u64,
+    pub mime: String,
+}
+
+/// Files created, modified and deleted under /home/user by one execution.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FileChanges {
+    pub created: Vec<ChangedFile>,
+    pub modified: Vec<ChangedFile>,
+    pub deleted: Vec<ChangedFile>,
+    /// The home held more than [`SNAPSHOT_CAP`] entries; changes beyond are not reported.
+    pub truncated: bool,
+}
+
+/// Most entries looked at per snapshot of a home.
+pub const SNAPSHOT_CAP: usize = 5000;
+
+type Snapshot = (BTreeMap<String, (u64, f64)>, bool);
+
+/// Regular files under the home with their size and mtime (a cheap stat walk).
+fn snapshot(sandbox: &Sandbox) -> Snapshot {
+    let Ok(root) = sandbox.files() else {
+        return (BTreeMap::new(), true);
+    };
+    match root.list(std::path::Path::new(""), 32, SNAPSHOT_CAP) {
+        Ok((entries, truncated)) => (
+            entries
+                .into_iter()
+                .filter(|e| e.kind == Kind::File && !e.name.starts_with(".cellblock-upload-"))
+                .map(|e| (e.path, (e.size, e.mtime)))
+                .collect(),
+            truncated,
+        ),
+        Err(_) => (BTreeMap::new(), true),
+    }
+}
+
+fn changed(path: &str, size: u64) -> ChangedFile {
+    ChangedFile {
+        path: path.to_owned(),
+        size,
+        mime: mime_guess::from_path(path)
+            .first_or_octet_stream()
+            .essence_str()
+            .to_owned(),
+    }
+}
+
+fn diff(before: &Snapshot, after: &Snapshot) -> FileChanges {
+    let mut out = FileChanges {
+        truncated: before.1 || after.1,
+        ..FileChanges::default()
+    };
+    for (path, &(size, mtime)) in &after.0 {
+        match before.0.get(path) {
+            None => out.created.push(changed(path, size)),
+            Some(&(s, m)) if s != size || m != mtime => out.modified.push(changed(path, size)),
+            Some(_) => {}
+        }
+    }
+    for (path, &(size, _)) in &before.0 {
+        if !after.0.contains_key(path) {
+            out.deleted.push(changed(path, size));
+        }
+    }
+    out
 }
 
 /// What the caller asked to run.
@@ -126,6 +202,7 @@ impl Sandbox {
             kernel_restarted = true;
         }
         let ooms_before = self.cgroup.oom_kills();
+        let files_before = snapshot(self);
         let started = Instant::now();
         let execution_id = ExecutionId(Uuid::new_v4());
         self.executions.fetch_add(1, Ordering::SeqCst);
@@ -193,6 +270,8 @@ impl Sandbox {
                 }
             }
         };
+        // Still under the lock: the next execution must not be counted here.
+        let files = diff(&files_before, &snapshot(self));
         drop(rt);
         let out = collector.finish();
         let mut error = out.error;
@@ -232,6 +311,7 @@ impl Sandbox {
             truncated: out.truncated,
             kernel_restarted,
             state_lost,
+            files,
         })
     }
 }

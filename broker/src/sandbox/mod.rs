@@ -218,6 +218,12 @@ impl Sandbox {
         self.start_kernel(rt).await
     }
 
+    /// The sandbox's home, opened from the host for the file API.
+    pub fn files(&self) -> Result<isolation::beneath::Root, isolation::beneath::BeneathError> {
+        self.touch();
+        isolation::beneath::Root::open(&self.jail.home_dir, self.jail.host_uid())
+    }
+
     /// Sends SIGINT to the kernel's process group. Returns whether anything was running.
     pub fn interrupt(&self) -> bool {
         isolation::signal_group(self.kernel_pid.load(Ordering::SeqCst), Signal::SIGINT);
