@@ -32,6 +32,10 @@ enum Command {
     /// its kernel. Started by `serve`; not for direct use.
     #[command(name = "__jail", hide = true)]
     Jail { spec: PathBuf },
+    /// Internal: the single-threaded helper that runs a command inside a
+    /// live sandbox. Started by `serve`; not for direct use.
+    #[command(name = "__enter", hide = true)]
+    Enter { spec: PathBuf },
 }
 
 #[derive(Args, Clone)]
@@ -140,10 +144,20 @@ fn jail(spec: &std::path::Path) -> anyhow::Result<()> {
     cellblock::isolation::jail::run(&spec)
 }
 
+/// Runs the enter helper, single-threaded like the jail helper.
+fn enter(spec: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read(spec).with_context(|| format!("reading {}", spec.display()))?;
+    let spec: cellblock::isolation::spec::EnterSpec =
+        serde_json::from_slice(&text).context("parsing the enter spec")?;
+    cellblock::isolation::enter::run(&spec)
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Jail { spec } = &cli.command {
-        return jail(spec);
+    match &cli.command {
+        Command::Jail { spec } => return jail(spec),
+        Command::Enter { spec } => return enter(spec),
+        _ => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -154,7 +168,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Jail { .. } => Ok(()),
+        Command::Jail { .. } | Command::Enter { .. } => Ok(()),
         Command::Image { command } => match command {
             ImageCommand::Build { name, args } => {
                 let img = ensure_image(&args, &name)?;

@@ -122,6 +122,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/sandboxes/{id}/execute", post(sandboxes::execute))
         .route("/sandboxes/{id}/interrupt", post(sandboxes::interrupt))
         .route("/sandboxes/{id}/restart", post(sandboxes::restart))
+        .route("/sandboxes/{id}/commands", post(sandboxes::command))
         .route(
             "/sandboxes/{id}/files",
             get(files::list).post(files::upload_multipart.layer(DefaultBodyLimit::disable())),

@@ -214,21 +214,7 @@ pub async fn execute(
 ) -> Result<Response, ApiError> {
     let sandbox = state.manager.get(parse_id(&id)?)?;
     let cfg = state.manager.config();
-    let timeout = match req.timeout_s {
-        None => cfg.default_timeout,
-        Some(t) if t.is_nan() || t <= 0.0 || !t.is_finite() => {
-            return Err(ApiError::invalid(
-                "timeout_s must be a positive number of seconds",
-            ))
-        }
-        Some(t) if t > cfg.max_timeout.as_secs_f64() => {
-            return Err(ApiError::invalid(format!(
-                "timeout_s may be at most {}",
-                cfg.max_timeout.as_secs()
-            )))
-        }
-        Some(t) => Duration::from_secs_f64(t),
-    };
+    let timeout = parse_timeout(req.timeout_s, cfg)?;
     let opts = ExecuteOptions {
         code: req.code,
         timeout,
@@ -236,6 +222,21 @@ pub async fn execute(
     // The execution runs to its end even if the client disconnects.
     let result = detached(async move { sandbox.execute(opts).await }).await?;
     Ok(Json(result).into_response())
+}
+
+/// Checks a `timeout_s` against the server's ceiling.
+fn parse_timeout(t: Option<f64>, cfg: &crate::config::Config) -> Result<Duration, ApiError> {
+    match t {
+        None => Ok(cfg.default_timeout),
+        Some(t) if t.is_nan() || t <= 0.0 || !t.is_finite() => Err(ApiError::invalid(
+            "timeout_s must be a positive number of seconds",
+        )),
+        Some(t) if t > cfg.max_timeout.as_secs_f64() => Err(ApiError::invalid(format!(
+            "timeout_s may be at most {}",
+            cfg.max_timeout.as_secs()
+        ))),
+        Some(t) => Ok(Duration::from_secs_f64(t)),
+    }
 }
 
 /// `POST /v1/sandboxes/{id}/interrupt`: SIGINT to the running cell.
@@ -259,4 +260,60 @@ pub async fn restart(
     let s = sandbox.clone();
     detached(async move { s.restart().await }).await?;
     Ok(Json(sandbox.view()).into_response())
+}
+
+/// `cmd` of a command: a shell string or an argv array.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Cmd {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+/// Body of `POST /v1/sandboxes/{id}/commands`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRequest {
+    pub cmd: Cmd,
+    pub timeout_s: Option<f64>,
+    pub cwd: Option<String>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub stdin: Option<String>,
+}
+
+/// Most output kept per stream of a command.
+const MAX_COMMAND_OUTPUT: usize = 16 * 1024 * 1024;
+
+/// `POST /v1/sandboxes/{id}/commands`: runs a command inside the sandbox.
+pub async fn command(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<CommandRequest>,
+) -> Result<Response, ApiError> {
+    let sandbox = state.manager.get(parse_id(&id)?)?;
+    let timeout = parse_timeout(req.timeout_s, state.manager.config())?;
+    let argv = match req.cmd {
+        Cmd::Shell(s) if s.trim().is_empty() => return Err(ApiError::invalid("cmd is empty")),
+        Cmd::Shell(s) => vec!["/bin/sh".to_owned(), "-c".to_owned(), s],
+        Cmd::Argv(a) if a.is_empty() => return Err(ApiError::invalid("cmd is empty")),
+        // /usr/bin/env looks the program up in the command's own PATH.
+        Cmd::Argv(a) => ["/usr/bin/env".to_owned(), "--".to_owned()]
+            .into_iter()
+            .chain(a)
+            .collect(),
+    };
+    let cwd = req.cwd.unwrap_or_default();
+    if argv.iter().chain([&cwd]).any(|s| s.contains('\0')) {
+        return Err(ApiError::invalid("cmd and cwd may not contain NUL bytes"));
+    }
+    let spec = crate::sandbox::commands::CommandSpec {
+        argv,
+        timeout,
+        cwd,
+        env: validate_env(req.env.unwrap_or_default())?,
+        stdin: req.stdin.unwrap_or_default().into_bytes(),
+        max_output: MAX_COMMAND_OUTPUT,
+    };
+    let result = detached(async move { sandbox.run_command(spec).await }).await?;
+    Ok(Json(result).into_response())
 }

@@ -187,6 +187,18 @@ impl SandboxCgroup {
         }
     }
 
+    /// A child group (e.g. for one command), inside this sandbox's limits.
+    pub fn child(&self, name: &str) -> Result<SandboxCgroup, CgroupError> {
+        let dirs: Vec<PathBuf> = self.dirs.iter().map(|d| d.join(name)).collect();
+        for d in &dirs {
+            fs::create_dir_all(d).map_err(io("creating", d))?;
+        }
+        Ok(SandboxCgroup {
+            layout: self.layout.clone(),
+            dirs,
+        })
+    }
+
     /// The `cgroup.procs` files a process writes itself into to join.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()

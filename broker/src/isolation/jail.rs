@@ -292,7 +292,11 @@ fn p2_init(
 }
 
 /// Step 6. Returns only on failure.
-fn p3_exec(spec: &JailSpec, filters: &[seccompiler::BpfProgram], blocked: &SigSet) -> JailError {
+pub(super) fn p3_exec(
+    spec: &JailSpec,
+    filters: &[seccompiler::BpfProgram],
+    blocked: &SigSet,
+) -> JailError {
     match p3_steps(spec, filters, blocked) {
         Ok(never) => match never {},
         Err(e) => e,
@@ -328,7 +332,7 @@ fn p3_steps(
         .map_err(sys("setting the sandbox uid"))?;
     nix::sys::prctl::set_no_new_privs().map_err(sys("setting no_new_privs"))?;
     close_other_fds()?;
-    nix::unistd::chdir("/home/user").map_err(sys("entering /home/user"))?;
+    nix::unistd::chdir(&spec.cwd).map_err(sys("entering the working directory"))?;
     let mut read_only: Vec<PathBuf> = [
         "/usr", "/etc", "/proc", "/dev", "/bin", "/lib", "/lib64", "/sbin",
     ]

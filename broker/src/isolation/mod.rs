@@ -38,6 +38,7 @@
 
 pub mod beneath;
 pub mod cgroup;
+pub mod enter;
 pub mod fsrules;
 pub mod jail;
 pub mod mounts;
@@ -46,7 +47,7 @@ pub mod seccomp;
 pub mod signals;
 pub mod spec;
 
-pub use signals::{cmdline_mentions, is_alive, processes_mentioning, signal_group};
+pub use signals::{cmdline_mentions, first_child, is_alive, processes_mentioning, signal_group};
 
 /// A failed file operation of a setup step, with the step and the path.
 #[derive(Debug, thiserror::Error)]

@@ -71,3 +71,13 @@ mod tests {
         signal_group(-1, Signal::SIGCONT);
     }
 }
+
+/// The first child of `pid` (from `/proc/PID/task/PID/children`).
+pub fn first_child(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}

@@ -31,6 +31,22 @@ pub struct JailSpec {
     pub argv: Vec<String>,
     /// The kernel's whole environment.
     pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox.
+    #[serde(default = "default_cwd")]
+    pub cwd: PathBuf,
+}
+
+fn default_cwd() -> PathBuf {
+    PathBuf::from("/home/user")
+}
+
+/// What `cellblock __enter` needs to run a command in a live sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnterSpec {
+    /// The sandbox's jail, with the command's argv, env and cwd.
+    pub jail: JailSpec,
+    /// Host pid of the sandbox's init (PID 1 inside); its namespaces are joined.
+    pub init_pid: i32,
 }
 
 impl JailSpec {

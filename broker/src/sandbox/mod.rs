@@ -7,6 +7,7 @@
 //!   and crash recovery.
 //! - [`leftovers`]: reaping what an earlier run of the broker left behind.
 
+pub mod commands;
 pub mod execute;
 pub mod kernel;
 pub mod leftovers;
@@ -62,6 +63,8 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the sandbox's kernel is not running; try again")]
+    NotRunning,
     #[error("setting up the sandbox's cgroups: {0}")]
     Cgroup(#[from] cgroup::CgroupError),
     #[error("setting up the sandbox's home: {0}")]
@@ -438,6 +441,7 @@ impl Manager {
             cgroup_procs: Vec::new(),
             argv: Vec::new(),
             env: Vec::new(),
+            cwd: "/home/user".into(),
         };
         for dir in [&run_dir, &jail.sock_dir, &jail.root_dir, &jail.home_dir] {
             std::fs::create_dir_all(dir).map_err(|source| SandboxError::Prepare {
