@@ -52,6 +52,16 @@ pub fn processes_mentioning(needle: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// The first child of `pid` (from `/proc/PID/task/PID/children`).
+pub fn first_child(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,14 +80,4 @@ mod tests {
         signal_group(1, Signal::SIGCONT);
         signal_group(-1, Signal::SIGCONT);
     }
-}
-
-/// The first child of `pid` (from `/proc/PID/task/PID/children`).
-pub fn first_child(pid: i32) -> Option<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
