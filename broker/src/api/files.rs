@@ -9,7 +9,7 @@
 use super::body::{ApiPath as Path, ApiQuery as Query};
 use super::error::ApiError;
 use super::AppState;
-use crate::isolation::beneath::{validate, BeneathError, Root};
+use crate::isolation::beneath::{validate, BeneathError, Parents, Root};
 use axum::body::{Body, Bytes};
 use axum::extract::{Multipart, State};
 use axum::http::{header, StatusCode};
@@ -19,7 +19,6 @@ use base64::Engine;
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use tokio::io::AsyncWriteExt;
 
@@ -61,7 +60,7 @@ pub struct Stored {
 /// client goes away and the handler is dropped mid-stream.
 struct Temp<'a> {
     root: &'a Root,
-    dir: &'a OwnedFd,
+    parents: &'a Parents,
     name: PathBuf,
     committed: bool,
 }
@@ -69,7 +68,8 @@ struct Temp<'a> {
 impl Drop for Temp<'_> {
     fn drop(&mut self) {
         if !self.committed {
-            self.root.discard(self.dir, &self.name);
+            self.root.discard(&self.parents.dir, &self.name);
+            self.root.remove_created(&self.parents.created);
         }
     }
 }
@@ -92,11 +92,17 @@ where
     E: std::fmt::Display,
 {
     let rel = validate(raw_path)?;
-    let (dir, name) = root.make_parents(&rel)?;
-    let (file, temp_name) = root.create_temp(&dir)?;
+    let parents = root.make_parents(&rel)?;
+    let (file, temp_name) = match root.create_temp(&parents.dir) {
+        Ok(t) => t,
+        Err(e) => {
+            root.remove_created(&parents.created);
+            return Err(e.into());
+        }
+    };
     let mut temp = Temp {
         root,
-        dir: &dir,
+        parents: &parents,
         name: temp_name,
         committed: false,
     };
@@ -118,7 +124,7 @@ where
     file.flush().await.map_err(write_error)?;
     file.sync_all().await.map_err(write_error)?;
     drop(file);
-    root.commit(&dir, &temp.name, &name)?;
+    root.commit(&parents.dir, &temp.name, &parents.name)?;
     temp.committed = true;
     Ok(Stored {
         path: rel.display().to_string(),

@@ -119,6 +119,14 @@ fn kind_of(mode: u32) -> Kind {
     }
 }
 
+/// Where an upload goes: the parent directory, the file name, and the
+/// directories created on the way.
+pub struct Parents {
+    pub dir: OwnedFd,
+    pub name: PathBuf,
+    pub created: Vec<(OwnedFd, PathBuf)>,
+}
+
 /// A sandbox's home, opened from the host.
 pub struct Root {
     fd: OwnedFd,
@@ -152,7 +160,23 @@ impl Root {
 
     /// Opens a regular file for reading; returns it and its size.
     pub fn read_file(&self, rel: &Path) -> Result<(File, u64), BeneathError> {
-        let fd = Self::at(&self.fd, rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0)?;
+        // Look before opening for reading: opening a socket or a device node
+        // fails with its own errors, and must read as "not a file".
+        let probe = Self::at(&self.fd, rel, OFlag::O_PATH, 0)?;
+        let st = fstat(&probe).map_err(|e| BeneathError::from_errno(rel, e))?;
+        match kind_of(st.st_mode) {
+            Kind::File => {}
+            Kind::Symlink => return Err(BeneathError::Refused(rel.display().to_string())),
+            Kind::Dir => return Err(BeneathError::IsADirectory(rel.display().to_string())),
+            _ => return Err(BeneathError::NotAFile(rel.display().to_string())),
+        }
+        let fd = Self::at(&self.fd, rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0).map_err(|e| {
+            match e {
+                // Swapped for something else since the look.
+                BeneathError::Sys { .. } => BeneathError::NotAFile(rel.display().to_string()),
+                e => e,
+            }
+        })?;
         let st = fstat(&fd).map_err(|e| BeneathError::from_errno(rel, e))?;
         match kind_of(st.st_mode) {
             Kind::File => {}
@@ -171,19 +195,25 @@ impl Root {
     }
 
     /// Creates the parent directories of `rel` (owned by the sandbox user) and
-    /// returns the parent's fd and the file name.
-    pub fn make_parents(&self, rel: &Path) -> Result<(OwnedFd, PathBuf), BeneathError> {
+    /// returns the parent's fd, the file name, and the directories it created
+    /// (parent fd and name, outermost first) so a failed upload can remove them.
+    pub fn make_parents(&self, rel: &Path) -> Result<Parents, BeneathError> {
         let name = rel
             .file_name()
             .map(PathBuf::from)
             .ok_or_else(|| BeneathError::InvalidPath("a file name is needed".into()))?;
         let mut dir = self.open_dir(Path::new(""))?;
+        let mut created = Vec::new();
         if let Some(parent) = rel.parent() {
             for part in parent.components() {
                 let part = Path::new(part.as_os_str());
                 match mkdirat(&dir, part, Mode::from_bits_truncate(0o755)) {
                     Ok(()) => {
                         fchown_at(&dir, part, self.uid)?;
+                        let next = Self::at(&dir, part, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)?;
+                        created.push((dir, part.to_path_buf()));
+                        dir = next;
+                        continue;
                     }
                     Err(Errno::EEXIST) => {}
                     Err(e) => return Err(BeneathError::from_errno(part, e)),
@@ -191,7 +221,15 @@ impl Root {
                 dir = Self::at(&dir, part, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)?;
             }
         }
-        Ok((dir, name))
+        Ok(Parents { dir, name, created })
+    }
+
+    /// Removes directories [`Root::make_parents`] created, innermost first,
+    /// each only if it is still empty.
+    pub fn remove_created(&self, created: &[(OwnedFd, PathBuf)]) {
+        for (parent, name) in created.iter().rev() {
+            let _ = unlinkat(parent, name.as_path(), UnlinkatFlags::RemoveDir);
+        }
     }
 
     /// Creates a new temporary file in `dir` for an upload.
@@ -414,7 +452,7 @@ mod tests {
             Err(BeneathError::NotFound(_))
         ));
         assert!(matches!(
-            root.make_parents(Path::new("dirlink/x")),
+            root.make_parents(Path::new("dirlink/x")).map(|p| p.name),
             Err(BeneathError::Refused(_) | BeneathError::NotADirectory(_))
         ));
         assert!(!Path::new("/etc/x").exists());

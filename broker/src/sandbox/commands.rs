@@ -71,7 +71,9 @@ impl Sandbox {
             .ok_or(SandboxError::NotRunning)?;
         let name = format!("cmd-{}", uuid::Uuid::new_v4().simple());
         let cgroup = self.cgroup.child(&name)?;
-        let cwd = if spec.cwd.starts_with('/') {
+        let cwd = if spec.cwd.is_empty() {
+            "/home/user".into()
+        } else if spec.cwd.starts_with('/') {
             spec.cwd.clone().into()
         } else {
             std::path::Path::new("/home/user").join(&spec.cwd)
