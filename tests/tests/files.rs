@@ -4,7 +4,7 @@
 //! `files` field of execution results, and commands run inside the sandbox.
 
 use base64::Engine;
-use cellblock_tests::Server;
+use cellblock_tests::{cgroup_dirs, Server};
 use futures_util::StreamExt;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::multipart::{Form, Part};
@@ -281,27 +281,6 @@ fn sleeps_of_uid(uid: u32) -> Vec<(i32, String)> {
         let argv0 = cmd.split(|b| *b == 0).next().unwrap_or_default();
         if argv0 == b"sleep" || argv0.ends_with(b"/sleep") {
             out.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
-        }
-    }
-    out
-}
-
-/// The sandbox's cgroup directories that exist (v1 and v2 layouts).
-fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
-    let root = Path::new("/sys/fs/cgroup");
-    let parents = [
-        root.join("memory/cellblock"),
-        root.join("pids/cellblock"),
-        root.join("cpu/cellblock"),
-        root.join("cellblock"),
-    ];
-    let mut out = Vec::new();
-    for p in parents {
-        for inst in std::fs::read_dir(p).into_iter().flatten().flatten() {
-            let d = inst.path().join(name);
-            if d.is_dir() {
-                out.push(d);
-            }
         }
     }
     out

@@ -4,11 +4,11 @@
 //!
 //! The Python snippets print `KEY value` lines; [`val`] reads them back.
 
-use cellblock_tests::Server;
+use cellblock_tests::{cgroup_dirs, processes_with_uid_in, Server};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Helpers every snippet starts with.
@@ -108,50 +108,6 @@ fn kernel_host_pid(s: &Server, id: &str) -> i32 {
         .collect();
     assert_eq!(found.len(), 1, "kernel of {id}: {found:?}");
     found[0]
-}
-
-/// Host processes whose real uid is in `[lo, hi)`.
-fn processes_with_uid_in(lo: u32, hi: u32) -> Vec<(i32, String)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-            continue;
-        };
-        let uid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|u| u.parse::<u32>().ok());
-        if uid.is_some_and(|u| (lo..hi).contains(&u)) {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            out.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
-        }
-    }
-    out
-}
-
-/// The sandbox's cgroup directories that exist (v1 and v2 layouts).
-fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
-    let root = Path::new("/sys/fs/cgroup");
-    let parents = [
-        root.join("memory/cellblock"),
-        root.join("pids/cellblock"),
-        root.join("cpu/cellblock"),
-        root.join("cellblock"),
-    ];
-    let mut out = Vec::new();
-    for p in parents {
-        for inst in std::fs::read_dir(p).into_iter().flatten().flatten() {
-            let d = inst.path().join(name);
-            if d.is_dir() {
-                out.push(d);
-            }
-        }
-    }
-    out
 }
 
 /// Acceptance 1: the sandbox sees no host files: no /etc/shadow, no /sys, a
