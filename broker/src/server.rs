@@ -48,8 +48,8 @@ pub fn prepare(cfg: &Config) -> Result<nix::fcntl::Flock<File>, ServeError> {
     std::fs::create_dir_all(cfg.run_dir()).map_err(dd)?;
     std::fs::create_dir_all(cfg.homes_dir()).map_err(dd)?;
     std::fs::create_dir_all(cfg.roots_dir()).map_err(dd)?;
-    // run/<32 hex>/k<gen>-<port>: keep well under sun_path's 108 bytes.
-    let longest = cfg.run_dir().as_os_str().len() + 1 + 32 + "/k999999-5".len();
+    // run/<32 hex>/sock/k<gen>-<port>: keep well under sun_path's 108 bytes.
+    let longest = cfg.run_dir().as_os_str().len() + 1 + 32 + "/sock/k999999-5".len();
     if longest >= 104 {
         return Err(ServeError::PathTooLong(cfg.data_dir.display().to_string()));
     }
