@@ -36,6 +36,9 @@ enum Command {
     /// live sandbox. Started by `serve`; not for direct use.
     #[command(name = "__enter", hide = true)]
     Enter { spec: PathBuf },
+    /// Internal: copies an upload into a sandbox from inside its cgroup.
+    #[command(name = "__write", hide = true)]
+    Write { cgroup_procs: Vec<PathBuf> },
 }
 
 #[derive(Args, Clone)]
@@ -157,6 +160,7 @@ fn main() -> anyhow::Result<()> {
     match &cli.command {
         Command::Jail { spec } => return jail(spec),
         Command::Enter { spec } => return enter(spec),
+        Command::Write { cgroup_procs } => cellblock::isolation::writer::run(cgroup_procs),
         _ => {}
     }
     tracing_subscriber::fmt()
@@ -168,7 +172,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Jail { .. } | Command::Enter { .. } => Ok(()),
+        Command::Jail { .. } | Command::Enter { .. } | Command::Write { .. } => Ok(()),
         Command::Image { command } => match command {
             ImageCommand::Build { name, args } => {
                 let img = ensure_image(&args, &name)?;

@@ -1200,7 +1200,6 @@ async fn a_failed_upload_leaves_no_new_directories() {
 /// `disk_mb` "counts against `memory_mb`" (SECURITY.md): files the API
 /// uploads are charged to the sandbox's memory cgroup, like files its kernel
 /// writes.
-#[ignore = "known gap: API uploads are written by the broker and charged to its memory cgroup, not the sandbox's (SECURITY.md, Known gaps)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploaded_files_are_charged_to_the_sandbox_memory() {
     let s = Server::start();

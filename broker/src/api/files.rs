@@ -86,7 +86,12 @@ fn write_error(e: std::io::Error) -> ApiError {
 }
 
 /// Streams `body` into `rel` atomically.
-async fn store<S, E>(root: &Root, raw_path: &str, mut body: S) -> Result<Stored, ApiError>
+async fn store<S, E>(
+    root: &Root,
+    cgroup_procs: &[PathBuf],
+    raw_path: &str,
+    mut body: S,
+) -> Result<Stored, ApiError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
@@ -106,7 +111,25 @@ where
         name: temp_name,
         committed: false,
     };
-    let mut file = tokio::fs::File::from_std(file);
+    // The bytes are written by a helper in the sandbox's cgroup, so the
+    // pages are charged to the sandbox (see isolation::writer).
+    let internal =
+        |what: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", what);
+    let exe = std::env::current_exe().map_err(|e| internal(format!("helper: {e}")))?;
+    let mut writer = tokio::process::Command::new(exe)
+        .arg("__write")
+        .args(cgroup_procs)
+        .env_clear()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::from(file))
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| internal(format!("starting the upload writer: {e}")))?;
+    let mut pipe = writer
+        .stdin
+        .take()
+        .ok_or_else(|| internal("no writer stdin".into()))?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     while let Some(chunk) = body.next().await {
@@ -119,11 +142,20 @@ where
         })?;
         hasher.update(&chunk);
         size += chunk.len() as u64;
-        file.write_all(&chunk).await.map_err(write_error)?;
+        if pipe.write_all(&chunk).await.is_err() {
+            break; // the writer stopped: its status says why
+        }
     }
-    file.flush().await.map_err(write_error)?;
-    file.sync_all().await.map_err(write_error)?;
-    drop(file);
+    drop(pipe);
+    let status = writer
+        .wait()
+        .await
+        .map_err(|e| internal(format!("waiting for the upload writer: {e}")))?;
+    match status.code() {
+        Some(0) => {}
+        Some(crate::isolation::writer::NO_SPACE) => return Err(BeneathError::NoSpace.into()),
+        _ => return Err(internal(format!("the upload writer failed ({status})"))),
+    }
     root.commit(&parents.dir, &temp.name, &parents.name)?;
     temp.committed = true;
     Ok(Stored {
@@ -134,8 +166,14 @@ where
 }
 
 fn sandbox_root(state: &AppState, id: &str) -> Result<Root, ApiError> {
-    let sandbox = state.manager.get(super::sandboxes::parse_id(id)?)?;
-    Ok(sandbox.files()?)
+    Ok(sandbox_of(state, id)?.files()?)
+}
+
+fn sandbox_of(
+    state: &AppState,
+    id: &str,
+) -> Result<std::sync::Arc<crate::sandbox::Sandbox>, ApiError> {
+    Ok(state.manager.get(super::sandboxes::parse_id(id)?)?)
 }
 
 /// `PUT /v1/sandboxes/{id}/files/{*path}`: the raw body becomes the file.
@@ -144,8 +182,12 @@ pub async fn put(
     Path((id, path)): Path<(String, String)>,
     body: Body,
 ) -> Result<Json<Stored>, ApiError> {
-    let root = sandbox_root(&state, &id)?;
-    Ok(Json(store(&root, &path, body.into_data_stream()).await?))
+    let sandbox = sandbox_of(&state, &id)?;
+    let root = sandbox.files()?;
+    let procs = sandbox.cgroup_procs();
+    Ok(Json(
+        store(&root, &procs, &path, body.into_data_stream()).await?,
+    ))
 }
 
 /// `POST /v1/sandboxes/{id}/files` (multipart): each file part is stored at
@@ -155,7 +197,9 @@ pub async fn upload_multipart(
     Path(id): Path<String>,
     mut form: Multipart,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let root = sandbox_root(&state, &id)?;
+    let sandbox = sandbox_of(&state, &id)?;
+    let root = sandbox.files()?;
+    let procs = sandbox.cgroup_procs();
     let bad = |e: axum::extract::multipart::MultipartError| {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", e.body_text())
     };
@@ -176,7 +220,7 @@ pub async fn upload_multipart(
                     "a file part needs a filename or a preceding 'path' field",
                 )
             })?;
-        stored.push(store(&root, &path, field).await?);
+        stored.push(store(&root, &procs, &path, field).await?);
     }
     if stored.is_empty() {
         return Err(ApiError::new(

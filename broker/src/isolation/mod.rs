@@ -46,6 +46,7 @@ pub mod preflight;
 pub mod seccomp;
 pub mod signals;
 pub mod spec;
+pub mod writer;
 
 pub use signals::{cmdline_mentions, first_child, is_alive, processes_mentioning, signal_group};
 

@@ -227,6 +227,11 @@ impl Sandbox {
         isolation::beneath::Root::open(&self.jail.home_dir, self.jail.host_uid())
     }
 
+    /// The `cgroup.procs` files of the sandbox's cgroup(s).
+    pub fn cgroup_procs(&self) -> Vec<PathBuf> {
+        self.cgroup.procs_files()
+    }
+
     /// Sends SIGINT to the kernel's process group. Returns whether anything was running.
     pub fn interrupt(&self) -> bool {
         isolation::signal_group(self.kernel_pid.load(Ordering::SeqCst), Signal::SIGINT);
