@@ -139,27 +139,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the jail helper. It must stay single-threaded: no runtime, no logger.
-fn jail(spec: &std::path::Path) -> anyhow::Result<()> {
-    let text = std::fs::read(spec).with_context(|| format!("reading {}", spec.display()))?;
-    let spec: cellblock::isolation::spec::JailSpec =
-        serde_json::from_slice(&text).context("parsing the jail spec")?;
-    cellblock::isolation::jail::run(&spec)
-}
-
-/// Runs the enter helper, single-threaded like the jail helper.
-fn enter(spec: &std::path::Path) -> anyhow::Result<()> {
-    let text = std::fs::read(spec).with_context(|| format!("reading {}", spec.display()))?;
-    let spec: cellblock::isolation::spec::EnterSpec =
-        serde_json::from_slice(&text).context("parsing the enter spec")?;
-    cellblock::isolation::enter::run(&spec)
+/// Reads a helper's JSON spec. The helpers must stay single-threaded: no
+/// runtime and no logger are started before they run.
+fn read_spec<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> anyhow::Result<T> {
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
-        Command::Jail { spec } => return jail(spec),
-        Command::Enter { spec } => return enter(spec),
+        Command::Jail { spec } => cellblock::isolation::jail::run(&read_spec(spec)?),
+        Command::Enter { spec } => cellblock::isolation::enter::run(&read_spec(spec)?),
         Command::Write { cgroup_procs } => cellblock::isolation::writer::run(cgroup_procs),
         _ => {}
     }

@@ -93,7 +93,7 @@ async fn main() {
         assert_eq!(r["status"], "ok");
     }
 
-    let simple = uuid::Uuid::parse_str(&id).unwrap().simple().to_string();
+    let simple = cellblock_tests::simple_id(&id);
     let conn_path = s.data_dir.join("run").join(simple).join("sock/k0.json");
     let conn = ConnectionInfo::read(&conn_path).expect("connection file");
     let client = KernelClient::connect(&conn, ClientOptions::default())

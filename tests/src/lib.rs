@@ -126,6 +126,15 @@ pub fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
     out
 }
 
+/// A sandbox id in the form the broker names its directories and cgroups
+/// with: the UUID as 32 hex digits.
+pub fn simple_id(id: &str) -> String {
+    uuid::Uuid::parse_str(id)
+        .expect("uuid")
+        .simple()
+        .to_string()
+}
+
 /// A running `cellblock serve`.
 pub struct Server {
     child: Option<Child>,
@@ -270,6 +279,21 @@ impl Server {
             .into_iter()
             .filter(|p| mine.contains(p))
             .collect()
+    }
+
+    /// The host pid of the kernel of sandbox `id`.
+    pub fn kernel_of(&self, id: &str) -> i32 {
+        let name = simple_id(id);
+        let found: Vec<i32> = self
+            .kernels()
+            .into_iter()
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&name))
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "kernel of {id}: {found:?}");
+        found[0]
     }
 
     /// The server's pid.

@@ -4,7 +4,7 @@
 //! `files` field of execution results, and commands run inside the sandbox.
 
 use base64::Engine;
-use cellblock_tests::{cgroup_dirs, Server};
+use cellblock_tests::{cgroup_dirs, simple_id, Server};
 use futures_util::StreamExt;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::multipart::{Form, Part};
@@ -27,21 +27,13 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A sandbox id as its directory name (UUID `simple` form).
-fn simple(id: &str) -> String {
-    uuid::Uuid::parse_str(id)
-        .expect("uuid")
-        .simple()
-        .to_string()
-}
-
 fn unique() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
 /// The sandbox's home as the host sees it.
 fn host_home(s: &Server, id: &str) -> PathBuf {
-    s.data_dir.join("homes").join(simple(id))
+    s.data_dir.join("homes").join(simple_id(id))
 }
 
 fn file_url(id: &str, path: &str) -> String {
@@ -228,21 +220,6 @@ async fn put_raw(s: &Server, id: &str, path: &str, mib: u64) -> (u16, Value) {
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("bad status line: {head:?}"));
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
-/// The host pid of the kernel of sandbox `id`.
-fn kernel_host_pid(s: &Server, id: &str) -> i32 {
-    let name = simple(id);
-    let found: Vec<i32> = s
-        .kernels()
-        .into_iter()
-        .filter(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&name))
-        })
-        .collect();
-    assert_eq!(found.len(), 1, "kernel of {id}: {found:?}");
-    found[0]
 }
 
 /// The real uid of a host process.
@@ -1206,7 +1183,7 @@ async fn uploaded_files_are_charged_to_the_sandbox_memory() {
     let id = s
         .create(json!({"limits": {"disk_mb": 256, "memory_mb": 1024}}))
         .await;
-    let name = simple(&id);
+    let name = simple_id(&id);
     let charged = 48 * MIB as u64;
 
     // The measure works: 64 MiB written by the kernel are charged.
@@ -1348,7 +1325,7 @@ async fn commands_run_inside_the_sandbox() {
     let s = Server::start();
     let id = s.create(json!({})).await;
     run(&s, &id, "state = 'alive'").await;
-    let kernel = kernel_host_pid(&s, &id);
+    let kernel = s.kernel_of(&id);
     let uid = uid_of(kernel).expect("kernel uid");
     assert!(uid >= 1_000_000, "kernel runs as host uid {uid}");
 
@@ -1513,7 +1490,7 @@ async fn commands_run_inside_the_sandbox() {
     let r = run(&s, &id, "print(state)").await;
     assert_eq!(r["stdout"], "alive\n", "{r}");
     assert_eq!(r["kernel_restarted"], false, "{r}");
-    assert_eq!(kernel_host_pid(&s, &id), kernel);
+    assert_eq!(s.kernel_of(&id), kernel);
 
     // Files are shared with the kernel.
     run(&s, &id, "open('from_kernel.txt', 'w').write('k-data')").await;
@@ -1596,7 +1573,7 @@ async fn commands_run_inside_the_sandbox() {
     );
 
     // Nothing of the commands is left: spec files, child cgroups.
-    let run_dir = s.data_dir.join("run").join(simple(&id));
+    let run_dir = s.data_dir.join("run").join(simple_id(&id));
     let specs: Vec<_> = std::fs::read_dir(&run_dir)
         .unwrap()
         .flatten()
@@ -1604,7 +1581,7 @@ async fn commands_run_inside_the_sandbox() {
         .filter(|n| n.starts_with("cmd-"))
         .collect();
     assert!(specs.is_empty(), "{specs:?}");
-    let dirs = cgroup_dirs(&simple(&id));
+    let dirs = cgroup_dirs(&simple_id(&id));
     assert!(!dirs.is_empty());
     for d in dirs {
         let children: Vec<_> = std::fs::read_dir(&d)

@@ -4,7 +4,7 @@
 //!
 //! The Python snippets print `KEY value` lines; [`val`] reads them back.
 
-use cellblock_tests::{cgroup_dirs, processes_with_uid_in, Server};
+use cellblock_tests::{cgroup_dirs, processes_with_uid_in, simple_id, Server};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::os::unix::fs::MetadataExt;
@@ -83,31 +83,8 @@ fn fill(template: &str, vars: &[(&str, &str)]) -> String {
     })
 }
 
-/// A sandbox id as its directory name (UUID `simple` form).
-fn simple(id: &str) -> String {
-    uuid::Uuid::parse_str(id)
-        .expect("uuid")
-        .simple()
-        .to_string()
-}
-
 fn data(s: &Server) -> String {
     s.data_dir.display().to_string()
-}
-
-/// The host pid of the kernel of sandbox `id`.
-fn kernel_host_pid(s: &Server, id: &str) -> i32 {
-    let name = simple(id);
-    let found: Vec<i32> = s
-        .kernels()
-        .into_iter()
-        .filter(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&name))
-        })
-        .collect();
-    assert_eq!(found.len(), 1, "kernel of {id}: {found:?}");
-    found[0]
 }
 
 /// Acceptance 1: the sandbox sees no host files: no /etc/shadow, no /sys, a
@@ -163,8 +140,8 @@ for p in [DATA + "/homes", DATA + "/roots", DATA + "/.lock",
 "#,
         &[
             ("DATA", &data(&s)),
-            ("ME", &simple(&a)),
-            ("OTHER", &simple(&b)),
+            ("ME", &simple_id(&a)),
+            ("OTHER", &simple_id(&b)),
         ],
     );
     let out = run(&s, &a, &code).await;
@@ -195,7 +172,7 @@ for p in [DATA + "/homes", DATA + "/roots", DATA + "/.lock",
     assert_eq!(val(&out, "DATA_LIST"), "['run']", "{out}");
     assert_eq!(
         val(&out, "RUN_LIST"),
-        format!("['{}']", simple(&a)),
+        format!("['{}']", simple_id(&a)),
         "{out}"
     );
     let exists: Vec<&str> = out
@@ -691,8 +668,8 @@ print("PID", os.getpid())
     )
     .await;
     assert_eq!(val(&out, "PID"), "2", "{out}");
-    let a_pid = kernel_host_pid(&s, &a);
-    let b_pid = kernel_host_pid(&s, &b);
+    let a_pid = s.kernel_of(&a);
+    let b_pid = s.kernel_of(&b);
     assert_ne!(a_pid, b_pid);
     let code = fill(
         r#"
@@ -715,7 +692,7 @@ print("CONNECT", attempt(c2.connect, ("127.0.0.1", 45454)))
 "#,
         &[
             ("DATA", &data(&s)),
-            ("A", &simple(&a)),
+            ("A", &simple_id(&a)),
             ("A_PID", &a_pid.to_string()),
         ],
     );
@@ -743,7 +720,7 @@ print("CONNECT", attempt(c2.connect, ("127.0.0.1", 45454)))
     )
     .await;
     assert_eq!(val(&out, "A"), "only-for-a True", "{out}");
-    assert_eq!(kernel_host_pid(&s, &a), a_pid);
+    assert_eq!(s.kernel_of(&a), a_pid);
 }
 
 /// Acceptance 11: memory, pids, disk and CPU abuse stay inside the sandbox's
@@ -934,7 +911,7 @@ async fn kernel_has_no_privileges() {
 async fn delete_leaves_no_processes_cgroups_or_mounts() {
     let s = start();
     let id = s.create(json!({})).await;
-    let name = simple(&id);
+    let name = simple_id(&id);
     let out = run(
         &s,
         &id,

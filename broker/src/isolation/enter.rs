@@ -13,18 +13,13 @@
 //!    setsid, rlimits, empty bounding set, uid 1000, no_new_privs, fds closed,
 //!    Landlock, seccomp, `execve`.
 
-use super::jail::{p3_exec, JailError, SETUP_FAILED};
+use super::jail::{p3_exec, sys, wait_child, JailError, SETUP_FAILED};
 use super::seccomp;
 use super::spec::EnterSpec;
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::SigSet;
-use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 use std::fs;
-
-fn sys(step: &'static str) -> impl FnOnce(nix::errno::Errno) -> JailError {
-    move |errno| JailError::Sys { step, errno }
-}
 
 /// Entry point of `cellblock __enter SPEC`. Never returns.
 pub fn run(spec: &EnterSpec) -> ! {
@@ -76,13 +71,6 @@ fn enter(spec: &EnterSpec) -> Result<i32, JailError> {
             eprintln!("cellblock enter: {e}");
             std::process::exit(SETUP_FAILED)
         }
-        ForkResult::Parent { child } => loop {
-            match waitpid(child, None) {
-                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
-                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(sys("waiting for the command")(e)),
-            }
-        },
+        ForkResult::Parent { child } => Ok(wait_child(child)),
     }
 }

@@ -60,7 +60,7 @@ pub enum JailError {
     Arg(String),
 }
 
-fn sys(step: &'static str) -> impl FnOnce(nix::errno::Errno) -> JailError {
+pub(super) fn sys(step: &'static str) -> impl FnOnce(nix::errno::Errno) -> JailError {
     move |errno| JailError::Sys { step, errno }
 }
 
@@ -92,7 +92,7 @@ fn status_code(status: WaitStatus) -> Option<i32> {
 }
 
 /// Waits for `child` and returns its exit code, retrying on EINTR.
-fn wait_child(child: Pid) -> i32 {
+pub(super) fn wait_child(child: Pid) -> i32 {
     loop {
         match waitpid(child, None) {
             Ok(s) => {

@@ -75,7 +75,7 @@ pub(crate) fn step_io<'a>(
 /// Errors mounting or unmounting a sandbox's home.
 #[derive(Debug, thiserror::Error)]
 #[error("{step} {path}: {errno}")]
-pub struct HomeError {
+pub struct TmpfsError {
     pub step: &'static str,
     pub path: String,
     pub errno: nix::errno::Errno,
@@ -84,10 +84,10 @@ pub struct HomeError {
 /// Mounts a size-limited tmpfs at `dir` (a host path) owned by `uid`, to be the
 /// sandbox's `/home/user`. A tmpfs is bounded by its size; its pages are
 /// charged to the memory cgroup of whoever writes them (see SECURITY.md).
-pub fn mount_home(dir: &std::path::Path, size_mb: u64, uid: u32) -> Result<(), HomeError> {
+pub fn mount_tmpfs(dir: &std::path::Path, size_mb: u64, uid: u32) -> Result<(), TmpfsError> {
     use nix::mount::{mount, MsFlags};
     let err = |step| {
-        move |errno| HomeError {
+        move |errno| TmpfsError {
             step,
             path: dir.display().to_string(),
             errno,
@@ -104,8 +104,8 @@ pub fn mount_home(dir: &std::path::Path, size_mb: u64, uid: u32) -> Result<(), H
     .map_err(err("mounting the home tmpfs on"))
 }
 
-/// Detaches a home mounted by [`mount_home`]; not mounted is not an error.
-pub fn unmount_home(dir: &std::path::Path) {
+/// Detaches a home mounted by [`mount_tmpfs`]; not mounted is not an error.
+pub fn unmount_tmpfs(dir: &std::path::Path) {
     use nix::mount::{umount2, MntFlags};
     match umount2(dir, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
@@ -127,9 +127,9 @@ pub fn chown_tree(path: &std::path::Path, uid: u32) -> std::io::Result<()> {
 /// Gives a sandbox an empty, private tmpfs at `dir` (a host path), replacing
 /// whatever was mounted there: a kernel generation never inherits files,
 /// symlinks or sockets planted by an earlier one.
-pub fn fresh_tmpfs(dir: &std::path::Path, size_mb: u64, uid: u32) -> Result<(), HomeError> {
-    unmount_home(dir);
-    mount_home(dir, size_mb, uid)
+pub fn fresh_tmpfs(dir: &std::path::Path, size_mb: u64, uid: u32) -> Result<(), TmpfsError> {
+    unmount_tmpfs(dir);
+    mount_tmpfs(dir, size_mb, uid)
 }
 
 /// Takes a directory away from the sandbox user: owned by host root, mode

@@ -78,21 +78,7 @@ impl Sandbox {
         } else {
             std::path::Path::new("/home/user").join(&spec.cwd)
         };
-        let mut env: BTreeMap<String, String> = [
-            (
-                "PATH",
-                format!(
-                    "{}:/usr/local/bin:/usr/bin:/bin",
-                    self.image.bin_dir().display()
-                ),
-            ),
-            ("LANG", "C.UTF-8".into()),
-            ("HOME", "/home/user".into()),
-            ("USER", "user".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        let mut env = super::kernel::base_env(&self.image);
         env.extend(self.env.clone());
         env.extend(spec.env);
         env.insert("PWD".into(), cwd.display().to_string());

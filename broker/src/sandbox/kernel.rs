@@ -40,7 +40,7 @@ pub enum KernelError {
     #[error("connecting to the kernel: {0}")]
     Client(#[from] cellblock_protocol::ClientError),
     #[error("preparing the socket dir: {0}")]
-    SockDir(#[from] isolation::HomeError),
+    SockDir(#[from] isolation::TmpfsError),
     #[error("the kernel's socket {0} is not a socket (tampered with?)")]
     NotASocket(String),
 }
@@ -60,6 +60,21 @@ pub struct KernelSpec<'a> {
 
 /// Size of the tmpfs holding a kernel's sockets, connection file and caches.
 pub const SOCK_DIR_MB: u64 = 16;
+
+/// The environment every process in a sandbox starts from: the image's
+/// `bin` first on `PATH`, a UTF-8 locale, the sandbox user's home.
+pub fn base_env(image: &Image) -> BTreeMap<String, String> {
+    let path = format!("{}:/usr/local/bin:/usr/bin:/bin", image.bin_dir().display());
+    [
+        ("PATH", path),
+        ("LANG", "C.UTF-8".to_owned()),
+        ("HOME", "/home/user".to_owned()),
+        ("USER", "user".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
 
 /// How much of a kernel's stderr is kept for error messages.
 const STDERR_TAIL: usize = 4096;
@@ -120,29 +135,26 @@ impl KernelProcess {
             isolation::chown_tree(p, uid).map_err(prepare_err(p))?;
         }
 
-        let path_var = format!(
-            "{}:/usr/local/bin:/usr/bin:/bin",
-            spec.image.bin_dir().display()
-        );
-        let mut env: Vec<(String, String)> = vec![
-            ("PATH".into(), path_var),
-            ("LANG".into(), "C.UTF-8".into()),
-            ("PYTHONIOENCODING".into(), "utf-8".into()),
-            (
-                "MPLBACKEND".into(),
-                "module://matplotlib_inline.backend_inline".into(),
-            ),
-            ("PYDEVD_DISABLE_FILE_VALIDATION".into(), "1".into()),
-        ];
-        env.retain(|(k, _)| !spec.env.contains_key(k));
+        // Defaults, then the client's variables, then what cellblock owns;
+        // one value per name, the later one winning.
+        let mut env = base_env(spec.image);
+        for (k, v) in [
+            ("PYTHONIOENCODING", "utf-8"),
+            ("MPLBACKEND", "module://matplotlib_inline.backend_inline"),
+            ("PYDEVD_DISABLE_FILE_VALIDATION", "1"),
+        ] {
+            env.insert(k.to_owned(), v.to_owned());
+        }
         env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env.extend([
-            ("HOME".into(), "/home/user".into()),
-            ("PWD".into(), "/home/user".into()),
-            ("USER".into(), "user".into()),
-            ("IPYTHONDIR".into(), ipython.display().to_string()),
-            ("MPLCONFIGDIR".into(), mpl.display().to_string()),
-        ]);
+        for (k, v) in [
+            ("HOME", "/home/user".to_owned()),
+            ("PWD", "/home/user".to_owned()),
+            ("USER", "user".to_owned()),
+            ("IPYTHONDIR", ipython.display().to_string()),
+            ("MPLCONFIGDIR", mpl.display().to_string()),
+        ] {
+            env.insert(k.to_owned(), v);
+        }
         let mut jail = spec.jail.clone();
         jail.argv = vec![
             spec.image.python().display().to_string(),
@@ -155,7 +167,7 @@ impl KernelProcess {
             "-f".into(),
             conn_path.display().to_string(),
         ];
-        jail.env = env;
+        jail.env = env.into_iter().collect();
         let jail_path = spec.run_dir.join(format!("jail{}.json", spec.generation));
         let jail_json = serde_json::to_vec(&jail).unwrap_or_default();
         std::fs::write(&jail_path, jail_json).map_err(prepare_err(&jail_path))?;

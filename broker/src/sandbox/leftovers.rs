@@ -24,7 +24,7 @@ pub fn reap(cfg: &Config, layout: &Layout) -> usize {
                 isolation::signal_group(pid, Signal::SIGKILL);
                 killed += 1;
             }
-            isolation::unmount_home(&dir.join("sock"));
+            isolation::unmount_tmpfs(&dir.join("sock"));
             remove(&dir);
         }
     }
@@ -39,7 +39,7 @@ pub fn reap(cfg: &Config, layout: &Layout) -> usize {
     }
     if let Ok(entries) = std::fs::read_dir(cfg.homes_dir()) {
         for entry in entries.flatten() {
-            isolation::unmount_home(&entry.path());
+            isolation::unmount_tmpfs(&entry.path());
             remove(&entry.path());
         }
     }

@@ -68,7 +68,7 @@ pub enum SandboxError {
     #[error("setting up the sandbox's cgroups: {0}")]
     Cgroup(#[from] cgroup::CgroupError),
     #[error("setting up the sandbox's home: {0}")]
-    Home(#[from] isolation::HomeError),
+    Home(#[from] isolation::TmpfsError),
 }
 
 /// What a client asked for when creating a sandbox (already validated).
@@ -275,8 +275,8 @@ impl Sandbox {
             k.stop(false).await;
         }
         self.cgroup.remove();
-        isolation::unmount_home(&self.jail.home_dir);
-        isolation::unmount_home(&self.jail.sock_dir);
+        isolation::unmount_tmpfs(&self.jail.home_dir);
+        isolation::unmount_tmpfs(&self.jail.sock_dir);
         for dir in [&self.run_dir, &self.jail.home_dir, &self.jail.root_dir] {
             if let Err(e) = std::fs::remove_dir_all(dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -465,7 +465,7 @@ impl Manager {
         let mut jail = jail;
         jail.cgroup_procs = cgroup.procs_files();
         // The socket dir gets its own small tmpfs at every kernel start.
-        if let Err(e) = isolation::mount_home(&jail.home_dir, limits.disk_mb, jail.host_uid()) {
+        if let Err(e) = isolation::mount_tmpfs(&jail.home_dir, limits.disk_mb, jail.host_uid()) {
             cgroup.remove();
             return Err(e.into());
         }
