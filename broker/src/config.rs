@@ -1,5 +1,6 @@
 //! Settings for `cellblock serve`, shared by every module as `Arc<Config>`.
 
+use cellblock_protocol::outputs::OutputLimits;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,8 +30,18 @@ pub struct Config {
     pub cull_interval: Duration,
     /// Largest request body.
     pub max_body_bytes: usize,
-    /// Most output bytes kept per execution; the rest is dropped and flagged.
-    pub max_output_bytes: usize,
+    /// Output caps of an execution when the request names none; requests may
+    /// only lower them.
+    pub output_limits: OutputLimits,
+    /// Executions that may wait behind the running one in a sandbox.
+    pub max_queued_executions: usize,
+    /// Bytes of streamed events kept per execution for re-attaching clients.
+    pub event_log_bytes: usize,
+    /// Bytes of finished executions' logs, results and code kept per sandbox;
+    /// beyond it the oldest keep only their status.
+    pub execution_retention_bytes: usize,
+    /// How long `input()` waits for an answer when the request names no time.
+    pub default_input_timeout: Duration,
     /// Largest single message accepted from a kernel.
     pub max_kernel_message_bytes: usize,
     /// How long a kernel may take to answer after it is spawned.
@@ -84,7 +95,11 @@ impl Config {
             max_idle_timeout: Duration::from_secs(7 * 24 * 3600),
             cull_interval: Duration::from_secs(1),
             max_body_bytes: 16 * 1024 * 1024,
-            max_output_bytes: 32 * 1024 * 1024,
+            output_limits: OutputLimits::default(),
+            max_queued_executions: 16,
+            event_log_bytes: 16 << 20,
+            execution_retention_bytes: 256 << 20,
+            default_input_timeout: Duration::from_secs(60),
             max_kernel_message_bytes: 64 * 1024 * 1024,
             kernel_start_timeout: Duration::from_secs(60),
             default_limits: SandboxLimits {

@@ -105,9 +105,24 @@ struct ServeArgs {
     /// Largest request body, MiB.
     #[arg(long, default_value_t = 16)]
     max_body_mb: usize,
-    /// Most output kept per execution, MiB.
-    #[arg(long, default_value_t = 32)]
-    max_output_mb: usize,
+    /// Most stdout kept per execution, KiB (head and tail; the middle is dropped).
+    #[arg(long, default_value_t = 8192)]
+    max_stdout_kb: usize,
+    /// Most stderr kept per execution, KiB.
+    #[arg(long, default_value_t = 8192)]
+    max_stderr_kb: usize,
+    /// Most rich outputs (displays, results) kept per execution.
+    #[arg(long, default_value_t = 1000)]
+    max_outputs: usize,
+    /// Most bytes of rich outputs kept per execution, MiB.
+    #[arg(long, default_value_t = 64)]
+    max_rich_mb: usize,
+    /// Executions that may wait behind the running one in a sandbox; more gives 429.
+    #[arg(long, default_value_t = 16)]
+    max_queue: usize,
+    /// Default time input() waits for an answer, seconds.
+    #[arg(long, default_value_t = 60)]
+    input_timeout_s: u64,
     /// The cgroup filesystem root (for tests of the host check).
     #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
     cgroup_root: PathBuf,
@@ -130,7 +145,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.max_timeout = Duration::from_secs(args.max_timeout_s.max(args.default_timeout_s));
     cfg.default_idle_timeout = Duration::from_secs(args.default_idle_timeout_s.max(1));
     cfg.max_body_bytes = args.max_body_mb.max(1) * 1024 * 1024;
-    cfg.max_output_bytes = args.max_output_mb.max(1) * 1024 * 1024;
+    cfg.output_limits = cellblock_protocol::outputs::OutputLimits {
+        stdout_bytes: args.max_stdout_kb.max(1) * 1024,
+        stderr_bytes: args.max_stderr_kb.max(1) * 1024,
+        outputs: args.max_outputs.max(1),
+        rich_bytes: args.max_rich_mb.max(1) * 1024 * 1024,
+    };
+    cfg.max_queued_executions = args.max_queue;
+    cfg.default_input_timeout = Duration::from_secs(args.input_timeout_s.max(1));
     cfg.cgroup_root = args.cgroup_root;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

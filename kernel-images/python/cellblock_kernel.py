@@ -1,9 +1,17 @@
 """cellblock's kernel launcher.
 
-Runs ipykernel's IPKernelApp with one change: the iopub socket gets an
-unlimited send high-water mark, so a flood of output is delivered in full
-instead of being dropped silently above ipykernel's default of 1000 queued
-messages. The broker drains iopub in its own task and caps what it keeps.
+Runs ipykernel's IPKernelApp with two changes to how output leaves it:
+- the iopub socket gets an unlimited send high-water mark, so a flood of
+  output is delivered in full instead of being dropped silently above
+  ipykernel's default of 1000 queued messages;
+- stdout/stderr are flushed at least every CHUNK characters, and one huge
+  write is sent in CHUNK pieces. Without this, a busy kernel batches tens of
+  MB into one `stream` message (its timer flush runs late under load), which
+  the broker must hold whole, and above the broker's per-message cap it
+  would be rejected. Flushing from the writing thread waits for the IO
+  thread, so a flood is paced by how fast the broker drains iopub.
+
+The broker drains iopub in its own task and caps what it keeps.
 
 Launched as `python -I -m cellblock_kernel -f <connection file>`: isolated
 mode, so nothing the sandbox wrote (a `cellblock_kernel.py` in the working
@@ -15,7 +23,30 @@ import os
 import sys
 
 import zmq
+from ipykernel import iostream
 from ipykernel.kernelapp import IPKernelApp
+
+CHUNK = 1 << 20
+
+_write = iostream.OutStream.write
+
+
+def _paced_write(self, string):
+    """OutStream.write in pieces of at most CHUNK, flushing every CHUNK."""
+    if not isinstance(string, str):
+        return _write(self, string)  # raises ipykernel's TypeError
+    for i in range(0, len(string), CHUNK) or [0]:
+        part = string[i : i + CHUNK]
+        _write(self, part)
+        pending = getattr(self, "_cellblock_pending", 0) + len(part)
+        if pending >= CHUNK and self._is_master_process():
+            pending = 0
+            self.flush()
+        self._cellblock_pending = pending
+    return len(string)
+
+
+iostream.OutStream.write = _paced_write
 
 
 class CellblockKernelApp(IPKernelApp):

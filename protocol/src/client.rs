@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use zeromq::{
     util::PeerIdentity, DealerSendHalf, DealerSocket, ReqSocket, Socket, SocketOptions, SocketRecv,
@@ -62,6 +62,16 @@ pub enum ClientError {
 /// A message delivered to a subscription, with the channel it came on.
 pub type Routed = (Channel, Message);
 
+/// A routed message with its share of the subscription's byte budget.
+type Queued = (Routed, OwnedSemaphorePermit);
+
+/// Where messages for one request go.
+#[derive(Clone)]
+struct Route {
+    tx: mpsc::Sender<Queued>,
+    budget: Arc<Semaphore>,
+}
+
 /// Options for [`KernelClient::connect`].
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -71,6 +81,10 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Queue length per subscription before the channel task waits.
     pub route_capacity: usize,
+    /// Bytes queued per subscription before the channel task waits, so a
+    /// flood of large messages cannot pile up in memory when the consumer
+    /// is slower than the kernel (the kernel then waits instead).
+    pub route_bytes: usize,
 }
 
 impl Default for ClientOptions {
@@ -79,6 +93,7 @@ impl Default for ClientOptions {
             limits: Limits::default(),
             connect_timeout: Duration::from_secs(30),
             route_capacity: 4096,
+            route_bytes: 8 << 20,
         }
     }
 }
@@ -89,12 +104,13 @@ struct Inner {
     username: String,
     limits: Limits,
     route_capacity: usize,
+    route_bytes: usize,
     shell: tokio::sync::Mutex<DealerSendHalf>,
     control: tokio::sync::Mutex<DealerSendHalf>,
     stdin: tokio::sync::Mutex<DealerSendHalf>,
     hb: tokio::sync::Mutex<Option<ReqSocket>>,
     hb_endpoint: String,
-    routes: Mutex<HashMap<String, mpsc::Sender<Routed>>>,
+    routes: Mutex<HashMap<String, Route>>,
     all: broadcast::Sender<Arc<Routed>>,
     closed: AtomicBool,
     /// Set once an `iopub_welcome` or any iopub message has arrived.
@@ -102,7 +118,7 @@ struct Inner {
 }
 
 impl Inner {
-    fn lock_routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<Routed>>> {
+    fn lock_routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Route>> {
         // A poisoned map is still a valid map: recover it.
         self.routes.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -112,7 +128,7 @@ impl Inner {
         self.lock_routes().clear();
     }
 
-    async fn dispatch(&self, channel: Channel, msg: Message) {
+    async fn dispatch(&self, channel: Channel, msg: Message, size: usize) {
         if channel == Channel::Iopub {
             self.iopub_seen.send_replace(true);
         }
@@ -122,9 +138,14 @@ impl Inner {
         if self.all.receiver_count() > 0 {
             let _ = self.all.send(Arc::new((channel, msg.clone())));
         }
-        if let Some(tx) = route {
+        if let Some(route) = route {
+            // Wait until the subscription has room for this many bytes.
+            let n = size.clamp(1, self.route_bytes) as u32;
+            let Ok(permit) = route.budget.acquire_many_owned(n).await else {
+                return;
+            };
             // A dropped subscription simply stops receiving.
-            let _ = tx.send((channel, msg)).await;
+            let _ = route.tx.send(((channel, msg), permit)).await;
         }
     }
 }
@@ -235,6 +256,7 @@ impl KernelClient {
             username: "cellblock".to_owned(),
             limits: opts.limits,
             route_capacity: opts.route_capacity.max(1),
+            route_bytes: opts.route_bytes.clamp(1, u32::MAX as usize),
             shell: tokio::sync::Mutex::new(shell_tx),
             control: tokio::sync::Mutex::new(control_tx),
             stdin: tokio::sync::Mutex::new(stdin_tx),
@@ -303,7 +325,10 @@ impl KernelClient {
         let msg = self.new_message(content);
         let (tx, rx) = mpsc::channel(self.inner.route_capacity);
         let msg_id = msg.header.msg_id.clone();
-        self.inner.lock_routes().insert(msg_id.clone(), tx);
+        let budget = Arc::new(Semaphore::new(self.inner.route_bytes));
+        self.inner
+            .lock_routes()
+            .insert(msg_id.clone(), Route { tx, budget });
         let sub = Subscription {
             msg_id,
             header: msg.header.clone(),
@@ -453,8 +478,9 @@ async fn recv_loop<S: SocketRecv>(inner: Arc<Inner>, channel: Channel, mut socke
             }
         };
         let frames: Vec<Bytes> = zmsg.into_vec();
+        let size = frames.iter().map(Bytes::len).sum();
         match Message::from_frames(frames, &inner.signer, &inner.limits) {
-            Ok((_idents, msg)) => inner.dispatch(channel, msg).await,
+            Ok((_idents, msg)) => inner.dispatch(channel, msg, size).await,
             Err(e) => tracing::warn!(?channel, error = %e, "dropped a bad frame from the kernel"),
         }
     }
@@ -466,7 +492,7 @@ async fn recv_loop<S: SocketRecv>(inner: Arc<Inner>, channel: Channel, mut socke
 pub struct Subscription {
     msg_id: String,
     header: crate::message::Header,
-    rx: mpsc::Receiver<Routed>,
+    rx: mpsc::Receiver<Queued>,
     inner: Arc<Inner>,
 }
 
@@ -484,7 +510,8 @@ impl Subscription {
 
     /// The next message, or `None` when the client closed.
     pub async fn recv(&mut self) -> Option<Routed> {
-        self.rx.recv().await
+        // The permit is dropped here: the bytes are the consumer's now.
+        self.rx.recv().await.map(|(routed, _permit)| routed)
     }
 
     /// Waits for the reply of type `want` on `channel`, skipping other messages.
@@ -495,7 +522,7 @@ impl Subscription {
         want: &'static str,
     ) -> Result<Content, ClientError> {
         let fut = async {
-            while let Some((ch, msg)) = self.rx.recv().await {
+            while let Some((ch, msg)) = self.recv().await {
                 if ch == channel && msg.msg_type() == want {
                     return Ok(msg.content);
                 }

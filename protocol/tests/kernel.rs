@@ -283,7 +283,7 @@ async fn an_exception_gives_an_error_reply_and_an_iopub_error() {
     assert_eq!(errors[0].ename, "ZeroDivisionError");
     assert!(!errors[0].traceback.is_empty(), "empty traceback");
 
-    let mut collector = OutputCollector::new(1 << 20);
+    let mut collector = OutputCollector::new(Default::default());
     for m in &ran.iopub {
         collector.apply(m);
     }
@@ -317,7 +317,7 @@ async fn check_5000_lines(client: &KernelClient, code: &str, min_streams: usize)
         "{code:?}: {streams} stream messages, expected at least {min_streams}"
     );
 
-    let mut collector = OutputCollector::new(1 << 20);
+    let mut collector = OutputCollector::new(Default::default());
     for m in &ran.iopub {
         collector.apply(m);
     }

@@ -29,13 +29,24 @@ async fn a_flood_of_output_arrives_complete_and_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_beyond_the_cap_is_dropped_and_flagged() {
-    let s = Server::start_with(&["--max-output-mb", "1"]);
+    let s = Server::start_with(&["--max-stdout-kb", "1024"]);
     let id = s.create(json!({})).await;
     let r = s
         .exec(&id, "print('x' * (3 * 1024 * 1024))\nprint('after')")
         .await;
     assert_eq!(r["truncated"], true, "{}", r["truncated"]);
-    assert!(r["stdout"].as_str().unwrap().len() <= 1024 * 1024);
+    let out = r["stdout"].as_str().unwrap();
+    assert!(out.len() <= 1024 * 1024);
+    assert!(
+        out.starts_with("xxx") && out.ends_with("x\nafter\n"),
+        "head and tail are kept"
+    );
+    assert!(out.contains("omitted"), "the cut is marked");
+    assert!(
+        r["dropped"]["stdout_bytes"].as_u64().unwrap() >= 2 * 1024 * 1024,
+        "{}",
+        r["dropped"]
+    );
     let r = s.exec(&id, "print('next')").await;
     assert_eq!(r["stdout"], "next\n");
     assert_eq!(r["truncated"], false);

@@ -52,6 +52,7 @@ impl From<SandboxError> for ApiError {
             NotFound(_) => (StatusCode::NOT_FOUND, "sandbox_not_found"),
             TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_sandboxes"),
             Deleted => (StatusCode::GONE, "sandbox_deleted"),
+            QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
             NotRunning => (StatusCode::CONFLICT, "sandbox_not_running"),
             ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             KernelStart(_) => (StatusCode::SERVICE_UNAVAILABLE, "kernel_start_failed"),

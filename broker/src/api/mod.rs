@@ -4,9 +4,12 @@
 //! - [`error`]: `ApiError`, the one error shape.
 //! - [`body`]: JSON body extractors.
 //! - [`sandboxes`]: the `/v1/sandboxes` handlers.
+//! - [`executions`]: executing code, streaming, re-attaching, input.
+//! - [`files`]: the file API.
 
 pub mod body;
 pub mod error;
+pub mod executions;
 pub mod files;
 pub mod sandboxes;
 
@@ -119,7 +122,17 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/sandboxes/{id}",
             get(sandboxes::get_one).delete(sandboxes::delete),
         )
-        .route("/sandboxes/{id}/execute", post(sandboxes::execute))
+        .route("/sandboxes/{id}/execute", post(executions::execute))
+        .route("/sandboxes/{id}/executions", get(executions::list))
+        .route("/sandboxes/{id}/executions/{eid}", get(executions::get_one))
+        .route(
+            "/sandboxes/{id}/executions/{eid}/interrupt",
+            post(executions::interrupt),
+        )
+        .route(
+            "/sandboxes/{id}/executions/{eid}/input",
+            post(executions::input),
+        )
         .route("/sandboxes/{id}/interrupt", post(sandboxes::interrupt))
         .route("/sandboxes/{id}/restart", post(sandboxes::restart))
         .route("/sandboxes/{id}/commands", post(sandboxes::command))

@@ -4,7 +4,6 @@
 use super::body::{JsonBody, OptionalJsonBody};
 use super::error::ApiError;
 use super::{detached, AppState};
-use crate::sandbox::execute::ExecuteOptions;
 use crate::sandbox::kernel::RESERVED_ENV;
 use crate::sandbox::{CreateOptions, SandboxId};
 use axum::extract::{Path, State};
@@ -66,14 +65,6 @@ fn validate_limits(
         pids: bounded("pids", req.pids, d.pids, 16, m.pids)?,
         disk_mb: bounded("disk_mb", req.disk_mb, d.disk_mb, 8, m.disk_mb)?,
     })
-}
-
-/// Body of `POST /v1/sandboxes/{id}/execute`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExecuteRequest {
-    pub code: String,
-    pub timeout_s: Option<f64>,
 }
 
 const MAX_ENV_VARS: usize = 256;
@@ -206,26 +197,11 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /v1/sandboxes/{id}/execute`: 200 with the result, whatever the code did.
-pub async fn execute(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    JsonBody(req): JsonBody<ExecuteRequest>,
-) -> Result<Response, ApiError> {
-    let sandbox = state.manager.get(parse_id(&id)?)?;
-    let cfg = state.manager.config();
-    let timeout = parse_timeout(req.timeout_s, cfg)?;
-    let opts = ExecuteOptions {
-        code: req.code,
-        timeout,
-    };
-    // The execution runs to its end even if the client disconnects.
-    let result = detached(async move { sandbox.execute(opts).await }).await?;
-    Ok(Json(result).into_response())
-}
-
 /// Checks a `timeout_s` against the server's ceiling.
-fn parse_timeout(t: Option<f64>, cfg: &crate::config::Config) -> Result<Duration, ApiError> {
+pub(super) fn parse_timeout(
+    t: Option<f64>,
+    cfg: &crate::config::Config,
+) -> Result<Duration, ApiError> {
     match t {
         None => Ok(cfg.default_timeout),
         Some(t) if t.is_nan() || t <= 0.0 || !t.is_finite() => Err(ApiError::invalid(
@@ -245,9 +221,10 @@ pub async fn interrupt(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let sandbox = state.manager.get(parse_id(&id)?)?;
+    let running = sandbox.records().running().map(|r| r.id);
     let was_busy = sandbox.interrupt();
     Ok(Json(
-        serde_json::json!({"id": sandbox.id, "interrupted": was_busy}),
+        serde_json::json!({"id": sandbox.id, "interrupted": was_busy, "execution_id": running}),
     ))
 }
 

@@ -1,8 +1,14 @@
-//! One execution in a sandbox.
+//! One execution in a sandbox, from submission to result.
 //!
-//! The execution waits its turn on the sandbox's FIFO lock, sends
-//! `execute_request`, and folds iopub output until both `execute_reply` and
-//! the matching `idle` have arrived. Two things can cut it short:
+//! [`Sandbox::submit`] checks the queue bound, creates the execution's
+//! [`ExecutionRecord`] and runs it in its own task, so it runs to its end
+//! whether or not anyone waits (a client that disconnects does not stop it).
+//! The task waits its turn on the sandbox's FIFO lock (or is cancelled while
+//! queued), sends `execute_request`, and feeds every iopub message to the
+//! record until both `execute_reply` and the matching `idle` have arrived.
+//! `input_request`s are passed on and answered from the record; one left
+//! unanswered for `input_timeout` is interrupted. Two things cut an execution
+//! short:
 //! - **timeout**: at `timeout_s` the kernel's process group gets SIGINT; if the
 //!   kernel finishes within the grace period its state is kept, otherwise the
 //!   kernel is replaced and state is lost;
@@ -11,19 +17,22 @@
 //!
 //! The result always says which happened (`status`, `kernel_restarted`, `state_lost`).
 
+use super::record::ExecutionRecord;
 use super::{ExecutionId, Sandbox, SandboxError};
 use crate::isolation;
 use crate::isolation::beneath::Kind;
-use cellblock_protocol::client::{Execution, ExecutionEvent};
-use cellblock_protocol::message::{ErrorContent, ExecuteRequest};
-use cellblock_protocol::outputs::{Output, OutputCollector};
+use cellblock_protocol::client::{Execution, ExecutionEvent, KernelClient};
+use cellblock_protocol::message::{Content, ErrorContent, ExecuteRequest};
+use cellblock_protocol::outputs::{Dropped, Output, OutputLimits};
 use nix::sys::signal::Signal;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use uuid::Uuid;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 /// How an execution ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -33,6 +42,8 @@ pub enum ExecStatus {
     Error,
     Timeout,
     Crashed,
+    /// Cancelled while queued; it never ran.
+    Cancelled,
 }
 
 /// The result of one execution.
@@ -46,8 +57,11 @@ pub struct ExecutionResult {
     pub outputs: Vec<Output>,
     pub error: Option<ErrorContent>,
     pub duration_ms: u64,
-    /// Output beyond the per-execution cap was dropped.
+    /// Output beyond a per-execution cap was dropped.
     pub truncated: bool,
+    /// What was dropped, when `truncated`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<Dropped>,
     /// The kernel was replaced during this execution.
     pub kernel_restarted: bool,
     /// Variables, imports and functions defined before are gone.
@@ -132,7 +146,43 @@ fn diff(before: &Snapshot, after: &Snapshot) -> FileChanges {
 #[derive(Debug, Clone)]
 pub struct ExecuteOptions {
     pub code: String,
+    /// Running time allowed; time spent queued does not count.
     pub timeout: Duration,
+    /// `input()` asks the client; otherwise it raises at once.
+    pub allow_stdin: bool,
+    /// How long an `input()` waits for an answer before it is interrupted.
+    pub input_timeout: Duration,
+    pub limits: OutputLimits,
+}
+
+impl ExecutionResult {
+    /// The result of an execution that produced nothing: cancelled, or ended
+    /// before it could run.
+    pub fn ended(id: ExecutionId, status: ExecStatus, error: Option<ErrorContent>) -> Self {
+        Self {
+            execution_id: id,
+            execution_count: None,
+            status,
+            stdout: String::new(),
+            stderr: String::new(),
+            outputs: Vec::new(),
+            error,
+            duration_ms: 0,
+            truncated: false,
+            dropped: None,
+            kernel_restarted: false,
+            state_lost: false,
+            files: FileChanges::default(),
+        }
+    }
+}
+
+fn err_content(ename: &str, evalue: impl Into<String>) -> Option<ErrorContent> {
+    Some(ErrorContent {
+        ename: ename.into(),
+        evalue: evalue.into(),
+        traceback: Vec::new(),
+    })
 }
 
 enum Ending {
@@ -142,99 +192,198 @@ enum Ending {
 }
 
 /// Decrements the active count when the execution ends, however it ends.
-struct ActiveGuard<'a>(&'a Sandbox);
+struct ActiveGuard(Arc<Sandbox>);
 
-impl Drop for ActiveGuard<'_> {
+impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::SeqCst);
         self.0.touch();
     }
 }
 
-/// Folds events until the execution completes, the kernel exits, or `deadline`.
-async fn drive(
-    exec: &mut Execution,
-    collector: &mut OutputCollector,
-    exited: impl std::future::Future<Output = String>,
-    deadline: tokio::time::Instant,
-) -> Ending {
-    tokio::pin!(exited);
-    loop {
-        tokio::select! {
-            ev = exec.next() => match ev {
-                Some(ExecutionEvent::Iopub(m)) => collector.apply(&m),
-                Some(_) => {}
-                None if exec.is_complete() => return Ending::Complete,
-                None => return Ending::Crashed("the kernel connection closed".into()),
-            },
-            status = &mut exited => {
-                // Output published just before the exit may still be queued.
-                while let Ok(Some(ExecutionEvent::Iopub(m))) =
-                    tokio::time::timeout(Duration::from_millis(20), exec.next()).await
-                {
-                    collector.apply(&m);
+/// What one pass of [`Driver::drive`] works with.
+struct Driver<'a> {
+    exec: &'a mut Execution,
+    client: &'a KernelClient,
+    record: &'a ExecutionRecord,
+    input: &'a mut mpsc::Receiver<String>,
+    input_timeout: Duration,
+    input_deadline: Option<tokio::time::Instant>,
+    input_timed_out: bool,
+    pid: i32,
+}
+
+impl Driver<'_> {
+    /// Folds events until the execution completes, the kernel exits, or `deadline`.
+    async fn drive(
+        &mut self,
+        exited: impl std::future::Future<Output = String>,
+        deadline: tokio::time::Instant,
+    ) -> Ending {
+        tokio::pin!(exited);
+        loop {
+            let input_deadline = self.input_deadline;
+            tokio::select! {
+                ev = self.exec.next() => match ev {
+                    Some(ExecutionEvent::Iopub(m)) => self.record.apply_iopub(&m),
+                    Some(ExecutionEvent::InputRequest(m)) => {
+                        if let Content::InputRequest(req) = &m.content {
+                            self.record.input_requested(req);
+                            self.input_deadline =
+                                Some(tokio::time::Instant::now() + self.input_timeout);
+                        }
+                    }
+                    Some(_) => {}
+                    None if self.exec.is_complete() => return Ending::Complete,
+                    None => return Ending::Crashed("the kernel connection closed".into()),
+                },
+                Some(value) = self.input.recv() => {
+                    self.input_deadline = None;
+                    if let Err(e) = self.client.send_input(self.exec, value).await {
+                        tracing::warn!(error = %e, "sending an input reply");
+                    }
                 }
-                return Ending::Crashed(status);
+                _ = tokio::time::sleep_until(input_deadline.unwrap_or(deadline)),
+                    if input_deadline.is_some() =>
+                {
+                    // Nobody answered: interrupt the input() so the cell ends.
+                    self.input_deadline = None;
+                    self.input_timed_out = true;
+                    self.record.input_abandoned();
+                    isolation::signal_group(self.pid, Signal::SIGINT);
+                }
+                status = &mut exited => {
+                    // Output published just before the exit may still be queued.
+                    while let Ok(Some(ExecutionEvent::Iopub(m))) =
+                        tokio::time::timeout(Duration::from_millis(20), self.exec.next()).await
+                    {
+                        self.record.apply_iopub(&m);
+                    }
+                    return Ending::Crashed(status);
+                }
+                _ = tokio::time::sleep_until(deadline) => return Ending::TimedOut,
             }
-            _ = tokio::time::sleep_until(deadline) => return Ending::TimedOut,
         }
     }
 }
 
 impl Sandbox {
-    /// Runs code in this sandbox's kernel and returns the full result.
-    #[tracing::instrument(skip_all, fields(sandbox_id = %self.id))]
-    pub async fn execute(
+    /// Queues an execution. It runs in its own task, to its end, whoever
+    /// waits for it; the handle yields its serialised result.
+    pub fn submit(
         self: &Arc<Self>,
         opts: ExecuteOptions,
-    ) -> Result<ExecutionResult, SandboxError> {
-        self.active.fetch_add(1, Ordering::SeqCst);
-        let _guard = ActiveGuard(self);
-        self.touch();
-        let mut rt = self.runtime.lock().await;
+    ) -> Result<(Arc<ExecutionRecord>, JoinHandle<Arc<RawValue>>), SandboxError> {
         if self.deleted.load(Ordering::SeqCst) {
             return Err(SandboxError::Deleted);
         }
+        let max = self.cfg.max_queued_executions;
+        if self
+            .active
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n <= max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(SandboxError::QueueFull(max));
+        }
+        let guard = ActiveGuard(self.clone());
+        self.touch();
+        let record =
+            ExecutionRecord::new(self.id, &opts.code, opts.limits, self.cfg.event_log_bytes);
+        self.records().insert(record.clone());
+        let (sandbox, rec) = (self.clone(), record.clone());
+        let handle = tokio::spawn(async move {
+            let result = sandbox.run(&rec, opts).await;
+            let raw = rec.finish(&result);
+            sandbox
+                .records()
+                .enforce_budget(sandbox.cfg.execution_retention_bytes);
+            drop(guard);
+            raw
+        });
+        Ok((record, handle))
+    }
+
+    /// Waits for the sandbox, runs the execution and builds its result.
+    #[tracing::instrument(skip_all, fields(sandbox_id = %self.id, execution_id = %record.id.0))]
+    async fn run(
+        self: &Arc<Self>,
+        record: &ExecutionRecord,
+        opts: ExecuteOptions,
+    ) -> ExecutionResult {
+        let mut rt = tokio::select! {
+            rt = self.runtime.lock() => rt,
+            () = record.cancelled() => {
+                return ExecutionResult::ended(record.id, ExecStatus::Cancelled, None);
+            }
+        };
+        if self.deleted.load(Ordering::SeqCst) {
+            return ExecutionResult::ended(record.id, ExecStatus::Error, deleted_error());
+        }
+        if !record.start() {
+            return ExecutionResult::ended(record.id, ExecStatus::Cancelled, None);
+        }
+        let started = Instant::now();
         let mut kernel_restarted = false;
         if rt.kernel.as_ref().is_none_or(|k| k.has_exited()) {
             // The kernel died between executions; start afresh.
-            self.replace_kernel(&mut rt).await?;
             kernel_restarted = true;
+            if let Err(e) = self.replace_kernel(&mut rt).await {
+                let (status, err) = match e {
+                    SandboxError::Deleted => (ExecStatus::Error, deleted_error()),
+                    e => (
+                        ExecStatus::Crashed,
+                        err_content("KernelStartFailed", e.to_string()),
+                    ),
+                };
+                let mut r = ExecutionResult::ended(record.id, status, err);
+                r.kernel_restarted = true;
+                r.state_lost = true;
+                return r;
+            }
         }
         let ooms_before = self.cgroup.oom_kills();
         let files_before = snapshot(self);
-        let started = Instant::now();
-        let execution_id = ExecutionId(Uuid::new_v4());
         self.executions.fetch_add(1, Ordering::SeqCst);
-        let mut collector = OutputCollector::new(self.cfg.max_output_bytes);
         let deadline = tokio::time::Instant::now() + opts.timeout;
+        let mut input = record.take_input().unwrap_or_else(|| mpsc::channel(1).1);
 
-        let kernel = rt.kernel.as_mut().ok_or(SandboxError::Deleted)?;
+        let kernel = rt.kernel.as_mut().expect("a kernel was just ensured");
         let pid = kernel.pid;
         let mut ending;
         let mut reply_count = None;
         let mut reply_error = false;
-        match kernel.client.execute(ExecuteRequest::new(opts.code)).await {
+        let mut input_timed_out = false;
+        let mut request = ExecuteRequest::new(opts.code);
+        request.allow_stdin = opts.allow_stdin;
+        match kernel.client.execute(request).await {
             Ok(mut exec) => {
-                ending = drive(&mut exec, &mut collector, kernel.wait_exit(), deadline).await;
+                let mut d = Driver {
+                    exec: &mut exec,
+                    client: &kernel.client,
+                    record,
+                    input: &mut input,
+                    input_timeout: opts.input_timeout,
+                    input_deadline: None,
+                    input_timed_out: false,
+                    pid,
+                };
+                ending = d.drive(kernel.exited(), deadline).await;
                 if matches!(ending, Ending::TimedOut) {
-                    tracing::info!(sandbox_id = %self.id, "execution timed out; interrupting");
+                    tracing::info!("execution timed out; interrupting");
+                    record.input_abandoned();
                     isolation::signal_group(pid, Signal::SIGINT);
                     let grace = tokio::time::Instant::now() + self.cfg.interrupt_grace;
-                    ending = match drive(&mut exec, &mut collector, kernel.wait_exit(), grace).await
-                    {
+                    ending = match d.drive(kernel.exited(), grace).await {
                         Ending::Complete => Ending::TimedOut,
-                        Ending::TimedOut => Ending::Crashed("did not stop after SIGINT".into()),
-                        crashed => crashed,
+                        Ending::TimedOut => {
+                            Ending::Crashed("timeout: did not stop after SIGINT".into())
+                        }
+                        Ending::Crashed(why) => Ending::Crashed(format!("timeout: {why}")),
                     };
-                    if let Ending::Crashed(why) = &ending {
-                        tracing::info!(sandbox_id = %self.id, %why, "replacing the kernel after a timeout");
-                    }
-                    // Keep the timeout status either way; a restart is flagged below.
-                    if !matches!(ending, Ending::TimedOut) {
-                        ending = Ending::Crashed(format!("timeout: {}", crash_reason(&ending)));
-                    }
                 }
+                input_timed_out = d.input_timed_out;
                 if let Some(r) = exec.reply() {
                     reply_count = r.execution_count;
                     reply_error = r.status != "ok";
@@ -247,21 +396,17 @@ impl Sandbox {
         let mut state_lost = false;
         let mut deleted = false;
         let mut status = match &ending {
-            Ending::Complete if reply_error || collector.outputs().error.is_some() => {
-                ExecStatus::Error
-            }
+            Ending::Complete if reply_error || record.has_error() => ExecStatus::Error,
             Ending::Complete => ExecStatus::Ok,
             Ending::TimedOut => ExecStatus::Timeout,
             Ending::Crashed(why) => {
-                tracing::warn!(sandbox_id = %self.id, %why, "kernel lost during execution");
+                tracing::warn!(%why, "kernel lost during execution");
                 state_lost = true;
                 kernel_restarted = true;
                 match self.replace_kernel(&mut rt).await {
                     Ok(()) => {}
                     Err(SandboxError::Deleted) => deleted = true,
-                    Err(e) => {
-                        tracing::error!(sandbox_id = %self.id, error = %e, "restarting the kernel")
-                    }
+                    Err(e) => tracing::error!(error = %e, "restarting the kernel"),
                 }
                 if why.starts_with("timeout") || timed_out {
                     ExecStatus::Timeout
@@ -273,34 +418,36 @@ impl Sandbox {
         // Still under the lock: the next execution must not be counted here.
         let files = diff(&files_before, &snapshot(self));
         drop(rt);
-        let out = collector.finish();
+        record.push("files", &files);
+        let out = record.take_outputs();
         let mut error = out.error;
         let oom_killed = state_lost && self.cgroup.oom_kills() > ooms_before;
         if oom_killed {
             status = ExecStatus::Error;
-            error = Some(ErrorContent {
-                ename: "OOMKilled".into(),
-                evalue: format!(
-                    "the sandbox ran out of memory (limit {} MB) and its kernel was killed; a fresh kernel was started and its state was lost",
-                    self.limits.memory_mb
-                ),
-                traceback: Vec::new(),
-            });
+            error = err_content("OOMKilled", format!(
+                "the sandbox ran out of memory (limit {} MB) and its kernel was killed; a fresh kernel was started and its state was lost",
+                self.limits.memory_mb
+            ));
         } else if deleted && error.is_none() {
-            error = Some(ErrorContent {
-                ename: "SandboxDeleted".into(),
-                evalue: "the sandbox was deleted (or the server stopped) during execution".into(),
-                traceback: Vec::new(),
-            });
+            error = deleted_error();
         } else if status == ExecStatus::Crashed && error.is_none() {
-            error = Some(ErrorContent {
-                ename: "KernelDied".into(),
-                evalue: "the kernel process exited during execution; it was restarted and its state was lost".into(),
-                traceback: Vec::new(),
-            });
+            error = err_content(
+                "KernelDied",
+                "the kernel process exited during execution; it was restarted and its state was lost",
+            );
+        } else if input_timed_out {
+            if let Some(e) = error.as_mut().filter(|e| e.ename == "KeyboardInterrupt") {
+                e.ename = "InputTimeout".into();
+                e.evalue = format!(
+                    "input() got no answer within {} s; answer through POST /v1/sandboxes/{}/executions/{}/input, raise input_timeout_s, or send allow_stdin: false",
+                    opts.input_timeout.as_secs_f64(),
+                    self.id,
+                    record.id.0
+                );
+            }
         }
-        Ok(ExecutionResult {
-            execution_id,
+        ExecutionResult {
+            execution_id: record.id,
             execution_count: reply_count,
             status,
             stdout: out.stdout,
@@ -309,16 +456,17 @@ impl Sandbox {
             error,
             duration_ms: started.elapsed().as_millis() as u64,
             truncated: out.truncated,
+            dropped: out.dropped,
             kernel_restarted,
             state_lost,
             files,
-        })
+        }
     }
 }
 
-fn crash_reason(e: &Ending) -> &str {
-    match e {
-        Ending::Crashed(why) => why,
-        _ => "",
-    }
+fn deleted_error() -> Option<ErrorContent> {
+    err_content(
+        "SandboxDeleted",
+        "the sandbox was deleted (or the server stopped) before the execution ended",
+    )
 }

@@ -277,6 +277,17 @@ impl KernelProcess {
         self.exited.borrow().clone().unwrap_or_default()
     }
 
+    /// A future that resolves with the exit status once the process exits;
+    /// it does not borrow `self`.
+    pub fn exited(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut rx = self.exited.clone();
+        async move {
+            let _ = rx.wait_for(Option::is_some).await;
+            let status = rx.borrow().clone();
+            status.unwrap_or_default()
+        }
+    }
+
     /// The last lines the kernel wrote to stderr.
     pub fn stderr_tail(&self) -> String {
         tail(&self.stderr_tail)

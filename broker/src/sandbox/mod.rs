@@ -3,14 +3,17 @@
 //! order (a FIFO lock) while different sandboxes run in parallel.
 //!
 //! - [`kernel`]: one kernel process and its client.
-//! - [`execute`]: one execution: outputs, timeout (interrupt, then restart)
-//!   and crash recovery.
+//! - [`execute`]: one execution: queueing, outputs, input, timeout
+//!   (interrupt, then restart) and crash recovery.
+//! - [`record`]: every execution's state, event log and result, kept for
+//!   re-attaching clients and for listing.
 //! - [`leftovers`]: reaping what an earlier run of the broker left behind.
 
 pub mod commands;
 pub mod execute;
 pub mod kernel;
 pub mod leftovers;
+pub mod record;
 
 use crate::config::{Config, SandboxLimits};
 use crate::image::Image;
@@ -53,6 +56,8 @@ pub enum SandboxError {
     TooMany(usize),
     #[error("the sandbox was deleted")]
     Deleted,
+    #[error("the sandbox's execution queue is full ({0} waiting besides the running one); wait for one to finish or cancel one")]
+    QueueFull(usize),
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("starting the kernel failed: {0}")]
@@ -120,6 +125,7 @@ pub struct Sandbox {
     executions: AtomicU64,
     deleted: AtomicBool,
     language_info: Mutex<JsonMap>,
+    records: Mutex<record::Registry>,
 }
 
 /// The public view of a sandbox.
@@ -149,6 +155,11 @@ fn iso(t: SystemTime) -> String {
 impl Sandbox {
     fn lock_activity(&self) -> std::sync::MutexGuard<'_, SystemTime> {
         self.last_activity.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The sandbox's executions.
+    pub fn records(&self) -> std::sync::MutexGuard<'_, record::Registry> {
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Marks the sandbox as used now.
@@ -496,6 +507,7 @@ impl Manager {
             executions: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
             language_info: Mutex::new(JsonMap::new()),
+            records: Mutex::new(record::Registry::default()),
         })
     }
 
