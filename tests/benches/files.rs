@@ -15,12 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    cellblock_tests::proc_status_kib(pid, "VmRSS")
 }
 
 /// Runs a shell pipeline and returns the largest broker RSS seen meanwhile.
@@ -103,10 +98,5 @@ async fn main() {
         down_s,
         report["download_1gib"]["rss_growth_mib"].as_f64().unwrap()
     );
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    let _ = std::fs::create_dir_all(&out);
-    let _ = std::fs::write(
-        out.join("files.json"),
-        serde_json::to_vec_pretty(&report).unwrap(),
-    );
+    cellblock_tests::write_bench_report("files", &report);
 }

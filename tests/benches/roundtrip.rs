@@ -155,10 +155,5 @@ async fn main() {
     }
     println!("HTTP / direct median ratio: {ratio:.2}x (target ≤ 1.15x)");
     println!("isolation cost (create median − plain spawn median): {isolation_cost:.1} ms (target ≤ 30 ms)");
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    let _ = std::fs::create_dir_all(&out);
-    let _ = std::fs::write(
-        out.join("roundtrip.json"),
-        serde_json::to_vec_pretty(&report).unwrap(),
-    );
+    cellblock_tests::write_bench_report("roundtrip", &report);
 }

@@ -344,6 +344,26 @@ impl Drop for Server {
     }
 }
 
+/// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`); 0 if unreadable.
+pub fn proc_status_kib(pid: i32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Writes a benchmark's JSON report to `target/bench/NAME.json`.
+pub fn write_bench_report(name: &str, report: &Value) {
+    let out = workspace_root().join("target/bench");
+    let _ = std::fs::create_dir_all(&out);
+    let _ = std::fs::write(
+        out.join(format!("{name}.json")),
+        serde_json::to_vec_pretty(report).unwrap_or_default(),
+    );
+}
+
 /// Polls `cond` every 50 ms until it holds or `limit` passes.
 pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;

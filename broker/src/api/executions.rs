@@ -311,7 +311,16 @@ pub async fn get_one(
         .transpose()?;
     match mode(&headers) {
         Mode::Json => Ok(Json(record.view(true)).into_response()),
-        m => Ok(stream(record, q.after.or(last_event_id).unwrap_or(0), m)),
+        m => {
+            let after = q.after.or(last_event_id).unwrap_or(0);
+            let rest = record.read(after, 1);
+            if rest.done && rest.events.is_empty() && rest.gap.is_none() {
+                // Nothing follows: 204 also stops a browser EventSource from
+                // reconnecting forever.
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            }
+            Ok(stream(record, after, m))
+        }
     }
 }
 
@@ -354,7 +363,7 @@ pub async fn interrupt(
     let (sandbox, record) = lookup(&state, &id, &eid)?;
     let (cancelled, interrupted) = match record.cancel() {
         CancelOutcome::Cancelled => (true, false),
-        CancelOutcome::Running => (false, sandbox.interrupt()),
+        CancelOutcome::Running => (false, sandbox.interrupt_execution(&record)),
         CancelOutcome::Finished => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,

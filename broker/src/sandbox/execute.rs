@@ -18,12 +18,13 @@
 //! The result always says which happened (`status`, `kernel_restarted`, `state_lost`).
 
 use super::record::ExecutionRecord;
-use super::{ExecutionId, Sandbox, SandboxError};
+use super::{ExecutionId, Runtime, Sandbox, SandboxError};
 use crate::isolation;
 use crate::isolation::beneath::Kind;
 use cellblock_protocol::client::{Execution, ExecutionEvent, KernelClient};
 use cellblock_protocol::message::{Content, ErrorContent, ExecuteRequest};
 use cellblock_protocol::outputs::{Dropped, Output, OutputLimits};
+use futures_util::FutureExt;
 use nix::sys::signal::Signal;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -31,7 +32,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedMutexGuard};
 use tokio::task::JoinHandle;
 
 /// How an execution ended.
@@ -225,7 +226,12 @@ impl Driver<'_> {
             let input_deadline = self.input_deadline;
             tokio::select! {
                 ev = self.exec.next() => match ev {
-                    Some(ExecutionEvent::Iopub(m)) => self.record.apply_iopub(&m),
+                    Some(ExecutionEvent::Iopub(m)) => {
+                        if matches!(m.content, Content::ExecuteInput(_)) && self.record.began() {
+                            isolation::signal_group(self.pid, Signal::SIGINT);
+                        }
+                        self.record.apply_iopub(&m);
+                    }
                     Some(ExecutionEvent::InputRequest(m)) => {
                         if let Content::InputRequest(req) = &m.content {
                             self.record.input_requested(req);
@@ -292,9 +298,23 @@ impl Sandbox {
         let record =
             ExecutionRecord::new(self.id, &opts.code, opts.limits, self.cfg.event_log_bytes);
         self.records().insert(record.clone());
+        // Take a place in the FIFO now, in submission order: polled once, the
+        // lock future is queued; the task then waits on that same future.
+        let mut turn = Box::pin(self.runtime.clone().lock_owned());
+        let ready = (&mut turn).now_or_never();
         let (sandbox, rec) = (self.clone(), record.clone());
         let handle = tokio::spawn(async move {
-            let result = sandbox.run(&rec, opts).await;
+            let rt = match ready {
+                Some(rt) => Some(rt),
+                None => tokio::select! {
+                    rt = turn => Some(rt),
+                    () = rec.cancelled() => None,
+                },
+            };
+            let result = match rt {
+                Some(rt) => sandbox.run(rt, &rec, opts).await,
+                None => ExecutionResult::ended(rec.id, ExecStatus::Cancelled, None),
+            };
             let raw = rec.finish(&result);
             sandbox
                 .records()
@@ -305,19 +325,14 @@ impl Sandbox {
         Ok((record, handle))
     }
 
-    /// Waits for the sandbox, runs the execution and builds its result.
+    /// Runs the execution, holding the sandbox's runtime, and builds its result.
     #[tracing::instrument(skip_all, fields(sandbox_id = %self.id, execution_id = %record.id.0))]
     async fn run(
         self: &Arc<Self>,
+        mut rt: OwnedMutexGuard<Runtime>,
         record: &ExecutionRecord,
         opts: ExecuteOptions,
     ) -> ExecutionResult {
-        let mut rt = tokio::select! {
-            rt = self.runtime.lock() => rt,
-            () = record.cancelled() => {
-                return ExecutionResult::ended(record.id, ExecStatus::Cancelled, None);
-            }
-        };
         if self.deleted.load(Ordering::SeqCst) {
             return ExecutionResult::ended(record.id, ExecStatus::Error, deleted_error());
         }

@@ -112,8 +112,9 @@ pub struct Sandbox {
     slot: u32,
     _uid_lock: UidLock,
     cfg: Arc<Config>,
-    /// Serialises executions, restarts and teardown, in arrival order.
-    runtime: tokio::sync::Mutex<Runtime>,
+    /// Serialises executions, restarts and teardown, in arrival order
+    /// (tokio's mutex is fair; executions take their place at submission).
+    runtime: Arc<tokio::sync::Mutex<Runtime>>,
     /// The current kernel's pid (its process group), readable without the lock
     /// so interrupt and delete can reach a busy kernel.
     kernel_pid: AtomicI32,
@@ -243,10 +244,31 @@ impl Sandbox {
         self.cgroup.procs_files()
     }
 
-    /// Sends SIGINT to the kernel's process group. Returns whether anything was running.
+    /// Interrupts the running execution, if any. Returns whether one was running.
     pub fn interrupt(&self) -> bool {
-        isolation::signal_group(self.kernel_pid.load(Ordering::SeqCst), Signal::SIGINT);
-        self.active.load(Ordering::SeqCst) > 0
+        let running = self.records().running();
+        match running {
+            Some(r) => self.interrupt_execution(&r),
+            None => {
+                // Harmless if idle: the kernel ignores SIGINT between cells.
+                self.signal_kernel(Signal::SIGINT);
+                false
+            }
+        }
+    }
+
+    /// Interrupts a running execution: SIGINT to the kernel's process group
+    /// now, or as soon as the kernel begins the cell.
+    pub fn interrupt_execution(&self, record: &record::ExecutionRecord) -> bool {
+        if record.request_interrupt() {
+            self.signal_kernel(Signal::SIGINT);
+        }
+        true
+    }
+
+    /// Sends a signal to the current kernel's process group.
+    pub(crate) fn signal_kernel(&self, signal: Signal) {
+        isolation::signal_group(self.kernel_pid.load(Ordering::SeqCst), signal);
     }
 
     /// Restarts the kernel now. A running execution ends as `crashed`.
@@ -255,7 +277,7 @@ impl Sandbox {
         let killed_generation = self.generation.load(Ordering::SeqCst);
         if self.active.load(Ordering::SeqCst) > 0 {
             // Do not wait behind a long execution: end it.
-            isolation::signal_group(self.kernel_pid.load(Ordering::SeqCst), Signal::SIGKILL);
+            self.signal_kernel(Signal::SIGKILL);
         }
         let mut rt = self.runtime.lock().await;
         if self.deleted.load(Ordering::SeqCst) {
@@ -279,7 +301,7 @@ impl Sandbox {
     async fn teardown(&self) {
         self.deleted.store(true, Ordering::SeqCst);
         if self.active.load(Ordering::SeqCst) > 0 {
-            isolation::signal_group(self.kernel_pid.load(Ordering::SeqCst), Signal::SIGKILL);
+            self.signal_kernel(Signal::SIGKILL);
         }
         let mut rt = self.runtime.lock().await;
         if let Some(k) = rt.kernel.take() {
@@ -495,10 +517,10 @@ impl Manager {
             slot: uid_slot,
             _uid_lock: uid_lock,
             cfg: self.cfg.clone(),
-            runtime: tokio::sync::Mutex::new(Runtime {
+            runtime: Arc::new(tokio::sync::Mutex::new(Runtime {
                 kernel: None,
                 next_generation: 0,
-            }),
+            })),
             kernel_pid: AtomicI32::new(0),
             generation: AtomicU64::new(0),
             restarts: AtomicU64::new(0),

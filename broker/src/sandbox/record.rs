@@ -25,6 +25,7 @@ use cellblock_protocol::outputs::{OutputCollector, OutputLimits, Outputs};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 use tokio::sync::{mpsc, watch};
@@ -119,6 +120,10 @@ pub struct ExecutionRecord {
     cancel: watch::Sender<bool>,
     input_tx: mpsc::Sender<String>,
     input_rx: Mutex<Option<mpsc::Receiver<String>>>,
+    /// The kernel has begun the cell (`execute_input` seen).
+    began: AtomicBool,
+    /// An interrupt was asked for and not yet delivered.
+    interrupt: AtomicBool,
 }
 
 /// Why an input answer was refused.
@@ -182,6 +187,8 @@ impl ExecutionRecord {
             cancel: watch::Sender::new(false),
             input_tx,
             input_rx: Mutex::new(Some(input_rx)),
+            began: AtomicBool::new(false),
+            interrupt: AtomicBool::new(false),
         })
     }
 
@@ -305,6 +312,21 @@ impl ExecutionRecord {
             _ => return,
         }
         self.bump();
+    }
+
+    /// Asks for an interrupt. True if SIGINT should be sent now; otherwise
+    /// the kernel has not begun the cell yet (it ignores SIGINT until then)
+    /// and [`ExecutionRecord::began`] delivers it.
+    pub fn request_interrupt(&self) -> bool {
+        self.interrupt.store(true, Ordering::SeqCst);
+        self.began.load(Ordering::SeqCst) && self.interrupt.swap(false, Ordering::SeqCst)
+    }
+
+    /// The kernel has begun the cell. True if an interrupt asked for earlier
+    /// should be sent now.
+    pub fn began(&self) -> bool {
+        self.began.store(true, Ordering::SeqCst);
+        self.interrupt.swap(false, Ordering::SeqCst)
     }
 
     /// True if the kernel has published an error for this execution.
