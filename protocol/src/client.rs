@@ -568,6 +568,11 @@ impl Execution {
         self.reply.is_some() && self.idle
     }
 
+    /// True once the iopub `status: idle` for this request has arrived.
+    pub fn went_idle(&self) -> bool {
+        self.idle
+    }
+
     /// The `execute_reply`, once it has arrived.
     pub fn reply(&self) -> Option<&ExecuteReply> {
         self.reply.as_ref()

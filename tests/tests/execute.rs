@@ -173,7 +173,8 @@ async fn kernel_death_is_reported_and_recovered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_are_separate_and_concurrency_keeps_outputs_apart() {
-    let s = Server::start();
+    // 20 executions at once per sandbox: above the default queue bound of 16.
+    let s = Server::start_with(&["--max-queue", "32"]);
     let a = s.create(json!({})).await;
     let b = s.create(json!({})).await;
     s.exec(&a, "secret = 'only-in-a'").await;

@@ -188,9 +188,16 @@ fn err_content(ename: &str, evalue: impl Into<String>) -> Option<ErrorContent> {
 
 enum Ending {
     Complete,
+    /// The kernel went idle without replying: an interrupt landed before the
+    /// cell ran (ipykernel then swallows the KeyboardInterrupt), or the
+    /// request failed inside the kernel. Its state is intact.
+    NoReply,
     TimedOut,
     Crashed(String),
 }
+
+/// How long after `idle` an `execute_reply` may still arrive.
+const REPLY_AFTER_IDLE: Duration = Duration::from_secs(2);
 
 /// Decrements the active count when the execution ends, however it ends.
 struct ActiveGuard(Arc<Sandbox>);
@@ -222,8 +229,12 @@ impl Driver<'_> {
         deadline: tokio::time::Instant,
     ) -> Ending {
         tokio::pin!(exited);
+        let mut reply_deadline = None;
         loop {
             let input_deadline = self.input_deadline;
+            if reply_deadline.is_none() && self.exec.went_idle() && self.exec.reply().is_none() {
+                reply_deadline = Some(tokio::time::Instant::now() + REPLY_AFTER_IDLE);
+            }
             tokio::select! {
                 ev = self.exec.next() => match ev {
                     Some(ExecutionEvent::Iopub(m)) => {
@@ -267,6 +278,8 @@ impl Driver<'_> {
                     }
                     return Ending::Crashed(status);
                 }
+                _ = tokio::time::sleep_until(reply_deadline.unwrap_or(deadline)),
+                    if reply_deadline.is_some() => return Ending::NoReply,
                 _ = tokio::time::sleep_until(deadline) => return Ending::TimedOut,
             }
         }
@@ -391,7 +404,7 @@ impl Sandbox {
                     isolation::signal_group(pid, Signal::SIGINT);
                     let grace = tokio::time::Instant::now() + self.cfg.interrupt_grace;
                     ending = match d.drive(kernel.exited(), grace).await {
-                        Ending::Complete => Ending::TimedOut,
+                        Ending::Complete | Ending::NoReply => Ending::TimedOut,
                         Ending::TimedOut => {
                             Ending::Crashed("timeout: did not stop after SIGINT".into())
                         }
@@ -413,6 +426,7 @@ impl Sandbox {
         let mut status = match &ending {
             Ending::Complete if reply_error || record.has_error() => ExecStatus::Error,
             Ending::Complete => ExecStatus::Ok,
+            Ending::NoReply => ExecStatus::Error,
             Ending::TimedOut => ExecStatus::Timeout,
             Ending::Crashed(why) => {
                 tracing::warn!(%why, "kernel lost during execution");
@@ -450,6 +464,18 @@ impl Sandbox {
                 "KernelDied",
                 "the kernel process exited during execution; it was restarted and its state was lost",
             );
+        } else if matches!(ending, Ending::NoReply) && error.is_none() {
+            error = if record.was_interrupted() {
+                err_content(
+                    "KeyboardInterrupt",
+                    "interrupted before the cell's code began running; the kernel's state is kept",
+                )
+            } else {
+                err_content(
+                    "NoReply",
+                    "the kernel went idle without answering the request; its state is kept",
+                )
+            };
         } else if input_timed_out {
             if let Some(e) = error.as_mut().filter(|e| e.ename == "KeyboardInterrupt") {
                 e.ename = "InputTimeout".into();

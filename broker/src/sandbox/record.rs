@@ -124,6 +124,8 @@ pub struct ExecutionRecord {
     began: AtomicBool,
     /// An interrupt was asked for and not yet delivered.
     interrupt: AtomicBool,
+    /// An interrupt was asked for at some point.
+    interrupted: AtomicBool,
 }
 
 /// Why an input answer was refused.
@@ -189,6 +191,7 @@ impl ExecutionRecord {
             input_rx: Mutex::new(Some(input_rx)),
             began: AtomicBool::new(false),
             interrupt: AtomicBool::new(false),
+            interrupted: AtomicBool::new(false),
         })
     }
 
@@ -318,8 +321,14 @@ impl ExecutionRecord {
     /// the kernel has not begun the cell yet (it ignores SIGINT until then)
     /// and [`ExecutionRecord::began`] delivers it.
     pub fn request_interrupt(&self) -> bool {
+        self.interrupted.store(true, Ordering::SeqCst);
         self.interrupt.store(true, Ordering::SeqCst);
         self.began.load(Ordering::SeqCst) && self.interrupt.swap(false, Ordering::SeqCst)
+    }
+
+    /// True if an interrupt was asked for.
+    pub fn was_interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
     }
 
     /// The kernel has begun the cell. True if an interrupt asked for earlier
