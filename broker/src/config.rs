@@ -97,7 +97,7 @@ impl Config {
             max_body_bytes: 16 * 1024 * 1024,
             output_limits: OutputLimits::default(),
             max_queued_executions: 16,
-            event_log_bytes: 16 << 20,
+            event_log_bytes: 8 << 20,
             execution_retention_bytes: 256 << 20,
             default_input_timeout: Duration::from_secs(60),
             max_kernel_message_bytes: 64 * 1024 * 1024,

@@ -107,9 +107,6 @@ pub struct Outputs {
     pub stderr: String,
     /// Rich outputs in order.
     pub outputs: Vec<Output>,
-    /// Everything in notebook order: merged streams and rich outputs.
-    #[serde(skip)]
-    pub items: Vec<Item>,
     pub error: Option<ErrorContent>,
     /// Set when output beyond a cap was dropped.
     pub truncated: bool,
@@ -400,57 +397,84 @@ impl OutputCollector {
         }
     }
 
-    /// The outputs so far.
-    pub fn snapshot(&self) -> Outputs {
-        let mut items: Vec<Item> = Vec::new();
-        let mut push = |item: &Item| match (items.last_mut(), item) {
-            (
-                Some(Item::Stream { name: a, text }),
-                Item::Stream {
-                    name: b,
-                    text: more,
-                },
-            ) if a == b => text.push_str(more),
-            _ => items.push(item.clone()),
-        };
-        self.head.items.iter().for_each(&mut push);
+    /// Everything kept, in notebook order: head, omission markers, tail,
+    /// with adjacent text of one stream merged.
+    fn ordered(&self, head: Vec<Item>, tail: Vec<Item>) -> Vec<Item> {
+        let mut markers = Vec::new();
         for (name, bytes) in [
             (StreamName::Stdout, self.dropped.stdout_bytes),
             (StreamName::Stderr, self.dropped.stderr_bytes),
         ] {
             if bytes > 0 {
-                let text = format!(
-                    "\n[... cellblock omitted {bytes} bytes of {} here ...]\n",
-                    match name {
-                        StreamName::Stdout => "stdout",
-                        StreamName::Stderr => "stderr",
-                    }
-                );
-                push(&Item::Stream { name, text });
+                let stream = match name {
+                    StreamName::Stdout => "stdout",
+                    StreamName::Stderr => "stderr",
+                };
+                let text =
+                    format!("\n[... cellblock omitted {bytes} bytes of {stream} here ...]\n");
+                markers.push(Item::Stream { name, text });
             }
         }
-        self.tail.items.iter().for_each(&mut push);
+        let mut out: Vec<Item> = Vec::new();
+        for item in head.into_iter().chain(markers).chain(tail) {
+            match (out.last_mut(), item) {
+                (
+                    Some(Item::Stream { name: a, text }),
+                    Item::Stream {
+                        name: b,
+                        text: more,
+                    },
+                ) if *a == b => text.push_str(&more),
+                (_, item) => out.push(item),
+            }
+        }
+        out
+    }
+
+    /// Flattens ordered items into the result's fields, moving what it can.
+    fn flatten(&self, items: Vec<Item>) -> Outputs {
         let mut out = Outputs {
             error: self.error.clone(),
             truncated: self.dropped.any(),
             dropped: self.dropped.any().then_some(self.dropped),
             ..Outputs::default()
         };
-        for item in &items {
-            match item {
+        for item in items {
+            let (target, text) = match item {
                 Item::Stream {
                     name: StreamName::Stdout,
                     text,
-                } => out.stdout.push_str(text),
+                } => (&mut out.stdout, text),
                 Item::Stream {
                     name: StreamName::Stderr,
                     text,
-                } => out.stderr.push_str(text),
-                Item::Rich(o) => out.outputs.push(o.clone()),
+                } => (&mut out.stderr, text),
+                Item::Rich(o) => {
+                    out.outputs.push(o);
+                    continue;
+                }
+            };
+            if target.is_empty() {
+                *target = text;
+            } else {
+                target.push_str(&text);
             }
         }
-        out.items = items;
         out
+    }
+
+    /// The outputs so far.
+    pub fn snapshot(&self) -> Outputs {
+        let head = self.head.items.iter().cloned().collect();
+        let tail = self.tail.items.iter().cloned().collect();
+        self.flatten(self.ordered(head, tail))
+    }
+
+    /// Everything kept so far in notebook order (streams merged).
+    pub fn items(&self) -> Vec<Item> {
+        let head = self.head.items.iter().cloned().collect();
+        let tail = self.tail.items.iter().cloned().collect();
+        self.ordered(head, tail)
     }
 
     /// The error so far, if any.
@@ -458,9 +482,12 @@ impl OutputCollector {
         self.error.as_ref()
     }
 
-    /// The final outputs.
-    pub fn finish(self) -> Outputs {
-        self.snapshot()
+    /// The final outputs, moved out without copies of the kept text.
+    pub fn finish(mut self) -> Outputs {
+        let head = Vec::from(std::mem::take(&mut self.head.items));
+        let tail = Vec::from(std::mem::take(&mut self.tail.items));
+        let items = self.ordered(head, tail);
+        self.flatten(items)
     }
 }
 
@@ -568,14 +595,15 @@ mod tests {
             json!({"execution_count":1,"data":{"text/plain":"2"},"metadata":{}}),
         ));
         out(&mut c, "stdout", "c");
+        let items = c.items();
         let o = c.finish();
         assert_eq!(o.stdout, "abc");
         assert_eq!(o.stderr, "e");
         assert_eq!(o.outputs.len(), 1);
         assert_eq!(o.outputs[0].kind, "execute_result");
         assert_eq!(o.outputs[0].execution_count, Some(1));
-        assert_eq!(o.items.len(), 4, "{:?}", o.items);
-        assert!(matches!(&o.items[0], Item::Stream { text, .. } if text == "ab"));
+        assert_eq!(items.len(), 4, "{items:?}");
+        assert!(matches!(&items[0], Item::Stream { text, .. } if text == "ab"));
         assert!(!o.truncated);
     }
 

@@ -1207,7 +1207,7 @@ async fn an_interrupt_right_after_the_start_is_not_lost() {
 async fn a_slow_reader_gets_a_gap_then_the_rest() {
     let s = Server::start();
     let id = s.create(json!({})).await;
-    // About 100 MB: far more than the event log keeps (16 MiB).
+    // About 100 MB: far more than the event log keeps (8 MiB).
     let code = "s = 'y' * 999\nprint('HEAD', flush=True)\nfor i in range(100_000):\n    print(s)\nprint('TAIL')";
     let (eid, mut events) = submit_stream(&s, &id, NDJSON, json!({"code": code})).await;
     let mut seen = events.until(|e| e["type"] == "stdout").await;

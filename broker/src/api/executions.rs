@@ -159,11 +159,20 @@ pub async fn execute(
                     "internal error",
                 )
             })?;
-            json_bytes(StatusCode::OK, Bytes::from(raw.get().to_owned()))
+            json_bytes(StatusCode::OK, Bytes::from_owner(RawJson(raw)))
         }
         m => stream(record.clone(), 0, m),
     };
     Ok(with_headers(resp, &sandbox, &record))
+}
+
+/// A stored result served without a copy.
+struct RawJson(Arc<serde_json::value::RawValue>);
+
+impl AsRef<[u8]> for RawJson {
+    fn as_ref(&self) -> &[u8] {
+        self.0.get().as_bytes()
+    }
 }
 
 fn json_bytes(status: StatusCode, body: Bytes) -> Response {

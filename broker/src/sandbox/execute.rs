@@ -329,6 +329,7 @@ impl Sandbox {
                 None => ExecutionResult::ended(rec.id, ExecStatus::Cancelled, None),
             };
             let raw = rec.finish(&result);
+            drop(result);
             sandbox
                 .records()
                 .enforce_budget(sandbox.cfg.execution_retention_bytes);
