@@ -9,7 +9,7 @@
 //!
 //! Prints a table and writes `target/bench/files.json`.
 
-use cellblock_tests::Server;
+use cellblock_tests::{median_ms, Server};
 use serde_json::json;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,11 +34,6 @@ fn peak_rss_during(pid: i32, script: &str) -> u64 {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn median_ms(mut v: Vec<Duration>) -> f64 {
-    v.sort();
-    v[v.len() / 2].as_secs_f64() * 1000.0
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@
 //!
 //! Prints a table and writes `target/bench/streaming.json`.
 
-use cellblock_tests::{proc_status_kib, Server};
+use cellblock_tests::{median_ms, proc_status_kib, Server};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -54,11 +54,6 @@ async fn stream(s: &Server, id: &str, code: &str) -> (Duration, Duration, String
         }
     }
     panic!("the stream ended without an end event");
-}
-
-fn median_ms(mut v: Vec<Duration>) -> f64 {
-    v.sort();
-    v[v.len() / 2].as_secs_f64() * 1000.0
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -354,6 +354,12 @@ pub fn proc_status_kib(pid: i32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The median of some durations, in milliseconds.
+pub fn median_ms(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1000.0
+}
+
 /// Writes a benchmark's JSON report to `target/bench/NAME.json`.
 pub fn write_bench_report(name: &str, report: &Value) {
     let out = workspace_root().join("target/bench");
