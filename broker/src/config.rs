@@ -42,6 +42,8 @@ pub struct Config {
     pub execution_retention_bytes: usize,
     /// How long `input()` waits for an answer when the request names no time.
     pub default_input_timeout: Duration,
+    /// How long traces are kept after their sandbox is deleted.
+    pub trace_retention: Duration,
     /// Largest single message accepted from a kernel.
     pub max_kernel_message_bytes: usize,
     /// How long a kernel may take to answer after it is spawned.
@@ -100,6 +102,7 @@ impl Config {
             event_log_bytes: 8 << 20,
             execution_retention_bytes: 256 << 20,
             default_input_timeout: Duration::from_secs(60),
+            trace_retention: Duration::from_secs(7 * 24 * 3600),
             max_kernel_message_bytes: 64 * 1024 * 1024,
             kernel_start_timeout: Duration::from_secs(60),
             default_limits: SandboxLimits {
@@ -130,6 +133,11 @@ impl Config {
         use sha2::Digest;
         let h = sha2::Sha256::digest(self.data_dir.as_os_str().as_encoded_bytes());
         hex::encode(&h[..6])
+    }
+
+    /// The trace database.
+    pub fn trace_db(&self) -> PathBuf {
+        self.data_dir.join("trace.db")
     }
 
     /// Directory of per-sandbox root mount points.

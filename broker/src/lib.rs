@@ -11,6 +11,8 @@
 //!   idle culling, leftovers from an earlier run.
 //! - [`api`]: the HTTP surface (`/v1`, `/healthz`), its errors and auth.
 //! - [`server`]: binds the listener and runs until a shutdown signal.
+//! - [`trace`]: the durable record of sandboxes, executions and commands
+//!   (SQLite), and the notebook export.
 
 pub mod api;
 pub mod config;
@@ -18,3 +20,4 @@ pub mod image;
 pub mod isolation;
 pub mod sandbox;
 pub mod server;
+pub mod trace;

@@ -123,6 +123,9 @@ struct ServeArgs {
     /// Default time input() waits for an answer, seconds.
     #[arg(long, default_value_t = 60)]
     input_timeout_s: u64,
+    /// How long traces are kept after their sandbox is deleted (e.g. 7d, 12h).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    trace_retention: Duration,
     /// The cgroup filesystem root (for tests of the host check).
     #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
     cgroup_root: PathBuf,
@@ -153,6 +156,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     cfg.max_queued_executions = args.max_queue;
     cfg.default_input_timeout = Duration::from_secs(args.input_timeout_s.max(1));
+    cfg.trace_retention = args.trace_retention;
     cfg.cgroup_root = args.cgroup_root;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

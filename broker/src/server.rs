@@ -33,6 +33,8 @@ pub enum ServeError {
     Serve(#[source] std::io::Error),
     #[error(transparent)]
     Host(#[from] crate::isolation::preflight::Missing),
+    #[error("opening the trace store: {0}")]
+    Trace(#[source] crate::trace::TraceError),
 }
 
 /// Checks the settings, then takes an exclusive lock on the data dir that is
@@ -99,7 +101,13 @@ pub async fn run(cfg: Config, image: Image) -> Result<(), ServeError> {
         })?;
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
     let cfg = Arc::new(cfg);
-    let manager = Manager::new(cfg.clone(), image, layout);
+    let store = crate::trace::Store::open(&cfg.trace_db()).map_err(ServeError::Trace)?;
+    match store.prune(cfg.trace_retention) {
+        Ok(n) if n > 0 => tracing::info!(sandboxes = n, "pruned old traces"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "pruning traces"),
+    }
+    let manager = Manager::new(cfg.clone(), image, layout, Arc::new(store));
     let state = AppState::new(manager.clone(), cfg.api_key.as_deref());
     let app = router(state, cfg.max_body_bytes);
     tokio::spawn(manager.clone().run_culler());

@@ -77,8 +77,17 @@ pub enum Item {
     Rich(Output),
 }
 
+/// One piece of [`Outputs::layout`]: the next `len` bytes of a stream's
+/// text, or the rich output at an index of `outputs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Segment {
+    Stream { name: StreamName, len: usize },
+    Rich(usize),
+}
+
 /// Which stream a text belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StreamName {
     Stdout,
@@ -107,6 +116,9 @@ pub struct Outputs {
     pub stderr: String,
     /// Rich outputs in order.
     pub outputs: Vec<Output>,
+    /// How stdout, stderr and `outputs` interleave, in notebook order.
+    #[serde(skip)]
+    pub layout: Vec<Segment>,
     pub error: Option<ErrorContent>,
     /// Set when output beyond a cap was dropped.
     pub truncated: bool,
@@ -440,19 +452,21 @@ impl OutputCollector {
             ..Outputs::default()
         };
         for item in items {
-            let (target, text) = match item {
-                Item::Stream {
-                    name: StreamName::Stdout,
-                    text,
-                } => (&mut out.stdout, text),
-                Item::Stream {
-                    name: StreamName::Stderr,
-                    text,
-                } => (&mut out.stderr, text),
+            let (name, text) = match item {
+                Item::Stream { name, text } => (name, text),
                 Item::Rich(o) => {
+                    out.layout.push(Segment::Rich(out.outputs.len()));
                     out.outputs.push(o);
                     continue;
                 }
+            };
+            out.layout.push(Segment::Stream {
+                name,
+                len: text.len(),
+            });
+            let target = match name {
+                StreamName::Stdout => &mut out.stdout,
+                StreamName::Stderr => &mut out.stderr,
             };
             if target.is_empty() {
                 *target = text;

@@ -259,6 +259,14 @@ fn stream(record: Arc<ExecutionRecord>, after: u64, mode: Mode) -> Response {
         .into_response()
 }
 
+fn state_name(s: State) -> &'static str {
+    match s {
+        State::Queued => "queued",
+        State::Running => "running",
+        State::Finished => "finished",
+    }
+}
+
 fn parse_eid(raw: &str) -> Result<ExecutionId, ApiError> {
     uuid::Uuid::parse_str(raw)
         .map(ExecutionId)
@@ -296,13 +304,28 @@ pub struct ReadQuery {
 
 /// `GET /v1/sandboxes/{id}/executions/{eid}`: the state and result (so far),
 /// or with a streaming `Accept`, the events after `?after=` / `Last-Event-ID`.
+/// Executions of deleted sandboxes (and evicted ones) come from the trace.
 pub async fn get_one(
     AxState(state): AxState<AppState>,
     Path((id, eid)): Path<(String, String)>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<ReadQuery>,
 ) -> Result<Response, ApiError> {
-    let (_, record) = lookup(&state, &id, &eid)?;
+    let sid = parse_id(&id)?;
+    let live = match state.manager.get(sid) {
+        Ok(sandbox) => Some(sandbox.records().get(parse_eid(&eid)?)),
+        Err(_) => None,
+    };
+    let record = match live {
+        Some(Some(record)) if !record.view(false).evicted => record,
+        Some(None) => return Err(not_found(&eid)),
+        _ => {
+            let (sid, eid2) = (sid.to_string(), parse_eid(&eid)?.0.to_string());
+            let found = super::traces::blocking(&state, move |s| s.execution(&sid, &eid2)).await?;
+            let e = found.ok_or_else(|| not_found(&eid))?;
+            return Ok(Json(e.view(&id, true)).into_response());
+        }
+    };
     let last_event_id = headers
         .get("last-event-id")
         .map(|v| {
@@ -348,8 +371,22 @@ pub async fn list(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let sandbox = state.manager.get(parse_id(&id)?)?;
     let limit = q.limit.unwrap_or(1000);
+    let sid = parse_id(&id)?;
+    let sandbox = match state.manager.get(sid) {
+        Ok(s) => s,
+        Err(_) => {
+            // A deleted sandbox: its trace.
+            let (_, execs) = super::traces::stored(&state, sid).await?;
+            let views: Vec<_> = execs
+                .iter()
+                .filter(|e| q.state.is_none_or(|s| e.state == state_name(s)))
+                .map(|e| e.view(&id, false))
+                .collect();
+            let views = &views[views.len().saturating_sub(limit)..];
+            return Ok(Json(serde_json::json!({ "executions": views })).into_response());
+        }
+    };
     let records: Vec<Arc<ExecutionRecord>> = sandbox
         .records()
         .all()

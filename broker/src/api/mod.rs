@@ -6,12 +6,14 @@
 //! - [`sandboxes`]: the `/v1/sandboxes` handlers.
 //! - [`executions`]: executing code, streaming, re-attaching, input.
 //! - [`files`]: the file API.
+//! - [`traces`]: notebook export and the full trace.
 
 pub mod body;
 pub mod error;
 pub mod executions;
 pub mod files;
 pub mod sandboxes;
+pub mod traces;
 
 use crate::sandbox::Manager;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -124,6 +126,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/sandboxes/{id}/execute", post(executions::execute))
         .route("/sandboxes/{id}/executions", get(executions::list))
+        .route("/sandboxes/{id}/notebook", get(traces::notebook))
+        .route("/sandboxes/{id}/trace", get(traces::trace))
         .route("/sandboxes/{id}/executions/{eid}", get(executions::get_one))
         .route(
             "/sandboxes/{id}/executions/{eid}/interrupt",

@@ -291,6 +291,18 @@ pub async fn command(
         stdin: req.stdin.unwrap_or_default().into_bytes(),
         max_output: MAX_COMMAND_OUTPUT,
     };
-    let result = detached(async move { sandbox.run_command(spec).await }).await?;
+    // The trace keeps the command, never env values or stdin contents.
+    let request = serde_json::json!({
+        "argv": spec.argv,
+        "cwd": spec.cwd,
+        "env_keys": spec.env.keys().collect::<Vec<_>>(),
+        "stdin_bytes": spec.stdin.len(),
+        "timeout_s": spec.timeout.as_secs_f64(),
+    });
+    let started = std::time::SystemTime::now();
+    let s = sandbox.clone();
+    let result = detached(async move { s.run_command(spec).await }).await?;
+    let recorded = serde_json::to_value(&result).unwrap_or_default();
+    sandbox.trace(|t| t.command_ran(&sandbox.id.to_string(), started, &request, &recorded));
     Ok(Json(result).into_response())
 }

@@ -23,7 +23,7 @@ use crate::isolation;
 use crate::isolation::beneath::Kind;
 use cellblock_protocol::client::{Execution, ExecutionEvent, KernelClient};
 use cellblock_protocol::message::{Content, ErrorContent, ExecuteRequest};
-use cellblock_protocol::outputs::{Dropped, Output, OutputLimits};
+use cellblock_protocol::outputs::{Dropped, Output, OutputLimits, Segment};
 use futures_util::FutureExt;
 use nix::sys::signal::Signal;
 use serde::Serialize;
@@ -69,6 +69,9 @@ pub struct ExecutionResult {
     pub state_lost: bool,
     /// What changed under /home/user during the execution.
     pub files: FileChanges,
+    /// How stdout, stderr and outputs interleave (kept for the notebook).
+    #[serde(skip)]
+    pub layout: Vec<Segment>,
 }
 
 /// A file reported as changed.
@@ -174,6 +177,7 @@ impl ExecutionResult {
             kernel_restarted: false,
             state_lost: false,
             files: FileChanges::default(),
+            layout: Vec::new(),
         }
     }
 }
@@ -311,6 +315,17 @@ impl Sandbox {
         let record =
             ExecutionRecord::new(self.id, &opts.code, opts.limits, self.cfg.event_log_bytes);
         self.records().insert(record.clone());
+        // In the trace before the client hears of it.
+        let ordinal = self.submitted.fetch_add(1, Ordering::SeqCst);
+        self.trace(|s| {
+            s.execution_submitted(
+                &self.id.to_string(),
+                &record.id.0.to_string(),
+                ordinal,
+                &opts.code,
+                record.created_at,
+            )
+        });
         // Take a place in the FIFO now, in submission order: polled once, the
         // lock future is queued; the task then waits on that same future.
         let mut turn = Box::pin(self.runtime.clone().lock_owned());
@@ -328,6 +343,18 @@ impl Sandbox {
                 Some(rt) => sandbox.run(rt, &rec, opts).await,
                 None => ExecutionResult::ended(rec.id, ExecStatus::Cancelled, None),
             };
+            // In the trace before the client receives it.
+            let mut stored = serde_json::to_value(&result).unwrap_or_default();
+            stored["layout"] = serde_json::to_value(&result.layout).unwrap_or_default();
+            let started = rec.started_at();
+            sandbox.trace(|s| {
+                s.execution_finished(
+                    &rec.id.0.to_string(),
+                    started,
+                    std::time::SystemTime::now(),
+                    stored,
+                )
+            });
             let raw = rec.finish(&result);
             drop(result);
             sandbox
@@ -502,6 +529,7 @@ impl Sandbox {
             kernel_restarted,
             state_lost,
             files,
+            layout: out.layout,
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::image::Image;
 use crate::isolation;
 use crate::isolation::cgroup::{self, Layout, SandboxCgroup};
 use crate::isolation::spec::{JailSpec, ID_RANGE};
+use crate::trace::Store;
 use cellblock_protocol::message::JsonMap;
 use kernel::{KernelError, KernelProcess, KernelSpec};
 use nix::sys::signal::Signal;
@@ -29,6 +30,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
+
+/// How often traces past their retention are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 use uuid::Uuid;
 
 /// A sandbox id (a UUID, as Jupyter's kernel routes require).
@@ -127,6 +131,9 @@ pub struct Sandbox {
     deleted: AtomicBool,
     language_info: Mutex<JsonMap>,
     records: Mutex<record::Registry>,
+    /// Executions submitted so far (their order in the trace).
+    submitted: AtomicU64,
+    store: Arc<Store>,
 }
 
 /// The public view of a sandbox.
@@ -156,6 +163,11 @@ fn iso(t: SystemTime) -> String {
 impl Sandbox {
     fn lock_activity(&self) -> std::sync::MutexGuard<'_, SystemTime> {
         self.last_activity.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes to the trace store; a failure is logged, never fatal.
+    pub(crate) fn trace(&self, write: impl FnOnce(&Store) -> Result<(), crate::trace::TraceError>) {
+        trace_write(&self.store, self.id, write);
     }
 
     /// The sandbox's executions.
@@ -217,6 +229,8 @@ impl Sandbox {
         self.generation.store(generation, Ordering::SeqCst);
         *self.language_info.lock().unwrap_or_else(|e| e.into_inner()) =
             kernel.info.language_info.clone();
+        let li = serde_json::Value::Object(kernel.info.language_info.clone());
+        self.trace(|s| s.set_language_info(&self.id.to_string(), &li));
         rt.kernel = Some(kernel);
         Ok(())
     }
@@ -331,6 +345,24 @@ pub struct Manager {
     uid_slots: Mutex<BTreeSet<u32>>,
     layout: Layout,
     shutting_down: AtomicBool,
+    store: Arc<Store>,
+}
+
+/// Runs a trace write off the async worker's hot path; failures are logged.
+fn trace_write(
+    store: &Store,
+    id: SandboxId,
+    write: impl FnOnce(&Store) -> Result<(), crate::trace::TraceError>,
+) {
+    let result = match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| write(store))
+        }
+        _ => write(store),
+    };
+    if let Err(e) = result {
+        tracing::error!(sandbox_id = %id, error = %e, "writing the trace");
+    }
 }
 
 /// Frees a reserved sandbox slot unless it was handed to a live sandbox.
@@ -346,7 +378,7 @@ impl Drop for Slot<'_> {
 
 impl Manager {
     /// A manager for `image` with the given settings.
-    pub fn new(cfg: Arc<Config>, image: Image, layout: Layout) -> Arc<Self> {
+    pub fn new(cfg: Arc<Config>, image: Image, layout: Layout, store: Arc<Store>) -> Arc<Self> {
         Arc::new(Self {
             cfg,
             image,
@@ -355,6 +387,7 @@ impl Manager {
             uid_slots: Mutex::new(BTreeSet::new()),
             layout,
             shutting_down: AtomicBool::new(false),
+            store,
         })
     }
 
@@ -418,6 +451,9 @@ impl Manager {
             return Err(SandboxError::ShuttingDown);
         }
         slot.1 = true;
+        let view = serde_json::to_value(sandbox.view()).unwrap_or_default();
+        let li = view["language_info"].clone();
+        sandbox.trace(|s| s.sandbox_created(&id.to_string(), &view, &li, sandbox.created_at));
         self.write().insert(id, sandbox.clone());
         tracing::info!(sandbox_id = %id, "sandbox ready");
         Ok(sandbox)
@@ -530,6 +566,8 @@ impl Manager {
             deleted: AtomicBool::new(false),
             language_info: Mutex::new(JsonMap::new()),
             records: Mutex::new(record::Registry::default()),
+            submitted: AtomicU64::new(0),
+            store: self.store.clone(),
         })
     }
 
@@ -557,6 +595,7 @@ impl Manager {
     pub async fn delete(&self, id: SandboxId) -> Result<(), SandboxError> {
         let sandbox = self.write().remove(&id).ok_or(SandboxError::NotFound(id))?;
         sandbox.teardown().await;
+        sandbox.trace(|s| s.sandbox_deleted(&id.to_string()));
         self.release_uid_slot(sandbox.slot);
         self.slots.fetch_sub(1, Ordering::SeqCst);
         tracing::info!(sandbox_id = %id, "sandbox deleted");
@@ -585,13 +624,29 @@ impl Manager {
     /// Runs [`Manager::cull_idle`] forever at the configured interval.
     pub async fn run_culler(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.cfg.cull_interval);
+        let mut last_prune = std::time::Instant::now();
         loop {
             tick.tick().await;
             if self.shutting_down.load(Ordering::SeqCst) {
                 return;
             }
             self.cull_idle().await;
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = std::time::Instant::now();
+                let store = self.store.clone();
+                let retention = self.cfg.trace_retention;
+                match tokio::task::spawn_blocking(move || store.prune(retention)).await {
+                    Ok(Ok(n)) if n > 0 => tracing::info!(sandboxes = n, "pruned old traces"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "pruning traces"),
+                    _ => {}
+                }
+            }
         }
+    }
+
+    /// The trace store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
     /// Stops every kernel; new sandboxes are refused from now on.
@@ -602,7 +657,10 @@ impl Manager {
         for id in ids {
             if let Ok(sandbox) = self.get(id) {
                 self.write().remove(&id);
-                set.spawn(async move { sandbox.teardown().await });
+                set.spawn(async move {
+                    sandbox.teardown().await;
+                    sandbox.trace(|s| s.sandbox_deleted(&sandbox.id.to_string()));
+                });
             }
         }
         while set.join_next().await.is_some() {}

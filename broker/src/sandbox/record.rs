@@ -203,6 +203,11 @@ impl ExecutionRecord {
         self.changed.send_modify(|n| *n += 1);
     }
 
+    /// When it began running, if it did.
+    pub fn started_at(&self) -> Option<SystemTime> {
+        self.lock().started_at
+    }
+
     /// The state now.
     pub fn state(&self) -> State {
         self.lock().state
