@@ -9,12 +9,14 @@
 //!   process groups, `/proc` checks). It is the only place raw syscalls may live.
 //! - [`sandbox`]: sandbox lifecycle: kernels, executions, timeouts, crashes,
 //!   idle culling, leftovers from an earlier run.
+//! - [`cli`]: `cellblock replay` and `cellblock export`, clients of a server.
 //! - [`api`]: the HTTP surface (`/v1`, `/healthz`), its errors and auth.
 //! - [`server`]: binds the listener and runs until a shutdown signal.
 //! - [`trace`]: the durable record of sandboxes, executions and commands
 //!   (SQLite), and the notebook export.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod image;
 pub mod isolation;

@@ -28,6 +28,30 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Replay a notebook in a fresh sandbox on a running server; prints one
+    /// line per cell and exits 1 if a cell errors or its outputs changed.
+    Replay {
+        /// The .ipynb file.
+        notebook: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Seconds each cell may run.
+        #[arg(long)]
+        timeout_s: Option<f64>,
+        /// Stop at the first cell that raises.
+        #[arg(long)]
+        stop_on_error: bool,
+        /// Keep the replay sandbox.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Print a sandbox's session (live or deleted) as a notebook.
+    Export {
+        /// The sandbox id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Internal: the single-threaded helper that builds a sandbox and execs
     /// its kernel. Started by `serve`; not for direct use.
     #[command(name = "__jail", hide = true)]
@@ -39,6 +63,20 @@ enum Command {
     /// Internal: copies an upload into a sandbox from inside its cgroup.
     #[command(name = "__write", hide = true)]
     Write { cgroup_procs: Vec<PathBuf> },
+}
+
+#[derive(Args, Clone)]
+struct ClientArgs {
+    /// The server's URL.
+    #[arg(
+        long,
+        env = "CELLBLOCK_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+    /// API key, if the server has one.
+    #[arg(long, env = "CELLBLOCK_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -172,6 +210,12 @@ fn read_spec<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> anyhow::
     serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
+/// Reports a client command's failure on stderr; its exit code.
+fn client_failed(e: anyhow::Error) -> i32 {
+    eprintln!("cellblock: {e:#}");
+    2
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
@@ -190,6 +234,38 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Jail { .. } | Command::Enter { .. } | Command::Write { .. } => Ok(()),
+        Command::Replay {
+            notebook,
+            client,
+            timeout_s,
+            stop_on_error,
+            keep,
+        } => {
+            let run = || -> anyhow::Result<bool> {
+                let nb = std::fs::read(&notebook)
+                    .with_context(|| format!("reading {}", notebook.display()))?;
+                cellblock::cli::replay(&cellblock::cli::Replay {
+                    server: &client.server,
+                    key: client.api_key.as_deref(),
+                    notebook: &nb,
+                    timeout_s,
+                    stop_on_error,
+                    keep,
+                })
+            };
+            std::process::exit(match run() {
+                Ok(true) => 0,
+                Ok(false) => 1,
+                Err(e) => client_failed(e),
+            });
+        }
+        Command::Export { id, client } => {
+            use std::io::Write;
+            match cellblock::cli::export(&client.server, client.api_key.as_deref(), &id) {
+                Ok(nb) => Ok(std::io::stdout().write_all(&nb)?),
+                Err(e) => std::process::exit(client_failed(e)),
+            }
+        }
         Command::Image { command } => match command {
             ImageCommand::Build { name, args } => {
                 let img = ensure_image(&args, &name)?;

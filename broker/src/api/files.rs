@@ -115,8 +115,7 @@ where
     // pages are charged to the sandbox (see isolation::writer).
     let internal =
         |what: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", what);
-    let exe = std::env::current_exe().map_err(|e| internal(format!("helper: {e}")))?;
-    let mut writer = tokio::process::Command::new(exe)
+    let mut writer = tokio::process::Command::new(crate::isolation::HELPER_BINARY)
         .arg("__write")
         .args(cgroup_procs)
         .env_clear()

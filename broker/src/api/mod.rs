@@ -7,11 +7,13 @@
 //! - [`executions`]: executing code, streaming, re-attaching, input.
 //! - [`files`]: the file API.
 //! - [`traces`]: notebook export and the full trace.
+//! - [`replay`]: replaying notebooks and recorded sessions in fresh sandboxes.
 
 pub mod body;
 pub mod error;
 pub mod executions;
 pub mod files;
+pub mod replay;
 pub mod sandboxes;
 pub mod traces;
 
@@ -128,6 +130,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/sandboxes/{id}/executions", get(executions::list))
         .route("/sandboxes/{id}/notebook", get(traces::notebook))
         .route("/sandboxes/{id}/trace", get(traces::trace))
+        .route("/sandboxes/{id}/replay", post(replay::replay_sandbox))
+        .route("/notebooks/execute", post(replay::execute_notebook))
         .route("/sandboxes/{id}/executions/{eid}", get(executions::get_one))
         .route(
             "/sandboxes/{id}/executions/{eid}/interrupt",

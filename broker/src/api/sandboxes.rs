@@ -53,7 +53,7 @@ fn bounded<T: PartialOrd + std::fmt::Display + Copy>(
     }
 }
 
-fn validate_limits(
+pub(super) fn validate_limits(
     req: Option<LimitsRequest>,
     cfg: &crate::config::Config,
 ) -> Result<crate::config::SandboxLimits, ApiError> {
@@ -70,6 +70,22 @@ fn validate_limits(
 const MAX_ENV_VARS: usize = 256;
 const MAX_ENV_BYTES: usize = 64 * 1024;
 const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// Checks an `image` a request names against the images served.
+pub(super) fn check_image(state: &AppState, image: Option<&str>) -> Result<(), ApiError> {
+    let image = image.unwrap_or("python");
+    if image != state.manager.image().name {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_image",
+            format!(
+                "unknown image {image:?}; available: {}",
+                state.manager.image().name
+            ),
+        ));
+    }
+    Ok(())
+}
 
 pub(super) fn parse_id(raw: &str) -> Result<SandboxId, ApiError> {
     uuid::Uuid::parse_str(raw).map(SandboxId).map_err(|_| {
@@ -125,17 +141,7 @@ pub async fn create(
     OptionalJsonBody(req): OptionalJsonBody<CreateRequest>,
 ) -> Result<Response, ApiError> {
     let cfg = state.manager.config();
-    let image = req.image.as_deref().unwrap_or("python");
-    if image != state.manager.image().name {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_image",
-            format!(
-                "unknown image {image:?}; available: {}",
-                state.manager.image().name
-            ),
-        ));
-    }
+    check_image(&state, req.image.as_deref())?;
     let idle = match req.idle_timeout_s {
         None => cfg.default_idle_timeout,
         Some(0) => return Err(ApiError::invalid("idle_timeout_s must be at least 1")),

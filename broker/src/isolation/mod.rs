@@ -48,6 +48,11 @@ pub mod signals;
 pub mod spec;
 pub mod writer;
 
+/// The helpers (`__jail`, `__enter`, `__write`) are the broker's own binary.
+/// `/proc/self/exe` still reaches it after the file on disk was replaced by
+/// an upgrade or a rebuild, where the path would give ENOENT.
+pub const HELPER_BINARY: &str = "/proc/self/exe";
+
 pub use signals::{cmdline_mentions, first_child, is_alive, processes_mentioning, signal_group};
 
 /// A failed file operation of a setup step, with the step and the path.

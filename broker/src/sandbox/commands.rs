@@ -96,8 +96,7 @@ impl Sandbox {
         std::fs::write(&spec_path, json).map_err(prepare)?;
 
         let started = Instant::now();
-        let helper = std::env::current_exe().map_err(prepare)?;
-        let spawned = tokio::process::Command::new(helper)
+        let spawned = tokio::process::Command::new(isolation::HELPER_BINARY)
             .arg("__enter")
             .arg(&spec_path)
             .env_clear()

@@ -172,8 +172,7 @@ impl KernelProcess {
         let jail_json = serde_json::to_vec(&jail).unwrap_or_default();
         std::fs::write(&jail_path, jail_json).map_err(prepare_err(&jail_path))?;
 
-        let helper = std::env::current_exe().map_err(KernelError::Spawn)?;
-        let mut cmd = tokio::process::Command::new(helper);
+        let mut cmd = tokio::process::Command::new(isolation::HELPER_BINARY);
         cmd.arg("__jail")
             .arg(&jail_path)
             .env_clear()

@@ -15,9 +15,11 @@
 //! in `blobs` by SHA-256 and referenced as `{"$blob": hash}`.
 //!
 //! Traces outlive their sandbox by the retention period (`--trace-retention`,
-//! default 7 days); [`Store::prune`] removes older ones.
+//! default 7 days); [`Store::prune`] removes older ones. [`replay`] reads
+//! notebooks and compares replayed outputs with recorded ones.
 
 pub mod notebook;
+pub mod replay;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Map, Value};
