@@ -6,6 +6,7 @@
 //! unknown fields is 422 `invalid_request`.
 
 use super::error::ApiError;
+use super::AppState;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
@@ -17,14 +18,28 @@ pub struct JsonBody<T>(pub T);
 /// An optional JSON body: empty means `T::default()`.
 pub struct OptionalJsonBody<T>(pub T);
 
-async fn read<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "the request body is larger than the server accepts",
+    )
+}
+
+async fn read(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    // A declared length over the limit is refused before any of it is read,
+    // so a client that waits for `100 Continue` never sends it.
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.manager.config().max_body_bytes as u64) {
+        return Err(too_large());
+    }
     Bytes::from_request(req, state).await.map_err(|rej| {
         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the request body is larger than the server accepts",
-            )
+            too_large()
         } else {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_body", rej.body_text())
         }
@@ -46,10 +61,10 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let bytes = read(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::new(
@@ -62,10 +77,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJsonBody<T> {
+impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let bytes = read(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJsonBody(T::default()));
