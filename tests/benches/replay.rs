@@ -34,7 +34,10 @@ async fn main() {
     }
     let t = Instant::now();
     let (status, nb) = s
-        .call(s.req(reqwest::Method::GET, &format!("/v1/sandboxes/{id}/notebook")))
+        .call(s.req(
+            reqwest::Method::GET,
+            &format!("/v1/sandboxes/{id}/notebook"),
+        ))
         .await;
     let export_ms = t.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(status, 200);

@@ -1301,13 +1301,15 @@ async fn deleting_a_sandbox_ends_its_streams() {
     let rb = &b.last().unwrap()["result"];
     assert_eq!(rb["error"]["ename"], "SandboxDeleted", "{rb}");
     assert_eq!(rb["stdout"], "", "{rb}");
+    // After the deletion the execution is still readable, from the trace.
     let (status, v) = s
         .call(s.req(
             Method::GET,
             &format!("/v1/sandboxes/{id}/executions/{running}"),
         ))
         .await;
-    assert_eq!(status, 404, "{v}");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["error"]["ename"], "SandboxDeleted", "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

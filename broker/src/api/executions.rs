@@ -320,9 +320,17 @@ pub async fn get_one(
         Some(Some(record)) if !record.view(false).evicted => record,
         Some(None) => return Err(not_found(&eid)),
         _ => {
-            let (sid, eid2) = (sid.to_string(), parse_eid(&eid)?.0.to_string());
-            let found = super::traces::blocking(&state, move |s| s.execution(&sid, &eid2)).await?;
-            let e = found.ok_or_else(|| not_found(&eid))?;
+            let (s, e) = (sid.to_string(), parse_eid(&eid)?.0.to_string());
+            let found = super::traces::blocking(&state, move |store| {
+                Ok(match store.sandbox(&s)? {
+                    Some(_) => Some(store.execution(&s, &e)?),
+                    None => None,
+                })
+            })
+            .await?;
+            let e = found
+                .ok_or_else(|| super::traces::no_sandbox(sid))?
+                .ok_or_else(|| not_found(&eid))?;
             return Ok(Json(e.view(&id, true)).into_response());
         }
     };

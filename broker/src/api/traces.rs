@@ -47,13 +47,16 @@ pub(super) async fn stored(
         Ok(Some((sandbox, s.executions(&sid)?)))
     })
     .await?;
-    found.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "sandbox_not_found",
-            format!("no sandbox with id {id}, live or in the trace"),
-        )
-    })
+    found.ok_or_else(|| no_sandbox(id))
+}
+
+/// 404 for a sandbox neither live nor in the trace.
+pub(super) fn no_sandbox(id: SandboxId) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "sandbox_not_found",
+        format!("no sandbox with id {id}, live or in the trace"),
+    )
 }
 
 /// `GET /v1/sandboxes/{id}/notebook`: the session as nbformat 4.5.

@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, OwnedMutexGuard};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// How an execution ended.
@@ -339,23 +339,24 @@ impl Sandbox {
                     () = rec.cancelled() => None,
                 },
             };
-            let result = match rt {
-                Some(rt) => sandbox.run(rt, &rec, opts).await,
-                None => ExecutionResult::ended(rec.id, ExecStatus::Cancelled, None),
+            // The runtime stays held until the result is recorded and
+            // published, so the next execution starts after this one ended.
+            let (result, rt) = match rt {
+                Some(mut rt) => (sandbox.run(&mut rt, &rec, opts).await, Some(rt)),
+                None => (
+                    ExecutionResult::ended(rec.id, ExecStatus::Cancelled, None),
+                    None,
+                ),
             };
-            // In the trace before the client receives it.
+            // In the trace before the client receives it, with one end time.
+            let finished = std::time::SystemTime::now();
             let mut stored = serde_json::to_value(&result).unwrap_or_default();
             stored["layout"] = serde_json::to_value(&result.layout).unwrap_or_default();
             let started = rec.started_at();
-            sandbox.trace(|s| {
-                s.execution_finished(
-                    &rec.id.0.to_string(),
-                    started,
-                    std::time::SystemTime::now(),
-                    stored,
-                )
-            });
-            let raw = rec.finish(&result);
+            sandbox
+                .trace(|s| s.execution_finished(&rec.id.0.to_string(), started, finished, stored));
+            let raw = rec.finish(&result, finished);
+            drop(rt);
             drop(result);
             sandbox
                 .records()
@@ -370,7 +371,7 @@ impl Sandbox {
     #[tracing::instrument(skip_all, fields(sandbox_id = %self.id, execution_id = %record.id.0))]
     async fn run(
         self: &Arc<Self>,
-        mut rt: OwnedMutexGuard<Runtime>,
+        rt: &mut Runtime,
         record: &ExecutionRecord,
         opts: ExecuteOptions,
     ) -> ExecutionResult {
@@ -380,12 +381,16 @@ impl Sandbox {
         if !record.start() {
             return ExecutionResult::ended(record.id, ExecStatus::Cancelled, None);
         }
+        if let Some(started) = record.started_at() {
+            let eid = record.id.0.to_string();
+            self.trace(|s| s.execution_started(&eid, started));
+        }
         let started = Instant::now();
         let mut kernel_restarted = false;
         if rt.kernel.as_ref().is_none_or(|k| k.has_exited()) {
             // The kernel died between executions; start afresh.
             kernel_restarted = true;
-            if let Err(e) = self.replace_kernel(&mut rt).await {
+            if let Err(e) = self.replace_kernel(rt).await {
                 let (status, err) = match e {
                     SandboxError::Deleted => (ExecStatus::Error, deleted_error()),
                     e => (
@@ -460,7 +465,7 @@ impl Sandbox {
                 tracing::warn!(%why, "kernel lost during execution");
                 state_lost = true;
                 kernel_restarted = true;
-                match self.replace_kernel(&mut rt).await {
+                match self.replace_kernel(rt).await {
                     Ok(()) => {}
                     Err(SandboxError::Deleted) => deleted = true,
                     Err(e) => tracing::error!(error = %e, "restarting the kernel"),
@@ -474,7 +479,6 @@ impl Sandbox {
         };
         // Still under the lock: the next execution must not be counted here.
         let files = diff(&files_before, &snapshot(self));
-        drop(rt);
         record.push("files", &files);
         let out = record.take_outputs();
         let mut error = out.error;

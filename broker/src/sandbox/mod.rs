@@ -170,6 +170,13 @@ impl Sandbox {
         trace_write(&self.store, self.id, write);
     }
 
+    /// Records the deletion with the sandbox's final view.
+    fn trace_deleted(&self) {
+        let mut view = serde_json::to_value(self.view()).unwrap_or_default();
+        view["state"] = serde_json::json!("deleted");
+        self.trace(|s| s.sandbox_deleted(&self.id.to_string(), &view));
+    }
+
     /// The sandbox's executions.
     pub fn records(&self) -> std::sync::MutexGuard<'_, record::Registry> {
         self.records.lock().unwrap_or_else(|e| e.into_inner())
@@ -595,7 +602,7 @@ impl Manager {
     pub async fn delete(&self, id: SandboxId) -> Result<(), SandboxError> {
         let sandbox = self.write().remove(&id).ok_or(SandboxError::NotFound(id))?;
         sandbox.teardown().await;
-        sandbox.trace(|s| s.sandbox_deleted(&id.to_string()));
+        sandbox.trace_deleted();
         self.release_uid_slot(sandbox.slot);
         self.slots.fetch_sub(1, Ordering::SeqCst);
         tracing::info!(sandbox_id = %id, "sandbox deleted");
@@ -659,7 +666,7 @@ impl Manager {
                 self.write().remove(&id);
                 set.spawn(async move {
                     sandbox.teardown().await;
-                    sandbox.trace(|s| s.sandbox_deleted(&sandbox.id.to_string()));
+                    sandbox.trace_deleted();
                 });
             }
         }

@@ -415,7 +415,7 @@ impl ExecutionRecord {
     }
 
     /// Stores the result and emits `end`. Returns the serialised result.
-    pub fn finish(&self, result: &ExecutionResult) -> Arc<RawValue> {
+    pub fn finish(&self, result: &ExecutionResult, at: SystemTime) -> Arc<RawValue> {
         let raw: Arc<RawValue> = serde_json::value::to_raw_value(result)
             .unwrap_or_else(|e| {
                 tracing::error!(error = %e, "serialising a result");
@@ -424,7 +424,7 @@ impl ExecutionRecord {
             .into();
         let mut inner = self.lock();
         inner.state = State::Finished;
-        inner.finished_at = Some(SystemTime::now());
+        inner.finished_at = Some(at);
         inner.collector = None;
         inner.input_pending = None;
         inner.summary = Some(Summary {
@@ -713,7 +713,7 @@ mod tests {
         assert_eq!(b.events[0].seq, to + 1);
         assert_eq!(b.events.last().unwrap().seq, 101);
         let result = ExecutionResult::ended(r.id, ExecStatus::Ok, None);
-        r.finish(&result);
+        r.finish(&result, SystemTime::now());
         let b = r.read(101, 1 << 20);
         assert_eq!(seqs(&b), vec![102]);
         assert_eq!(b.events[0].kind, "end");

@@ -209,12 +209,13 @@ impl Store {
         Ok(())
     }
 
-    /// Records a sandbox's deletion.
-    pub fn sandbox_deleted(&self, id: &str) -> Result<(), TraceError> {
+    /// Records a sandbox's deletion, with its final record.
+    pub fn sandbox_deleted(&self, id: &str, record: &Value) -> Result<(), TraceError> {
         let now = SystemTime::now();
         self.lock().execute(
-            "UPDATE sandboxes SET deleted_at = ?2, deleted_unix = ?3 WHERE id = ?1 AND deleted_at IS NULL",
-            params![id, iso(now), unix(now)],
+            "UPDATE sandboxes SET deleted_at = ?2, deleted_unix = ?3, record = ?4
+             WHERE id = ?1 AND deleted_at IS NULL",
+            params![id, iso(now), unix(now), record.to_string()],
         )?;
         Ok(())
     }
@@ -231,6 +232,15 @@ impl Store {
         self.lock().execute(
             "INSERT INTO executions (id, sandbox_id, ordinal, code, state, created_at) VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
             params![id, sandbox_id, ordinal as i64, code, iso(created)],
+        )?;
+        Ok(())
+    }
+
+    /// Records that an execution began running.
+    pub fn execution_started(&self, id: &str, started: SystemTime) -> Result<(), TraceError> {
+        self.lock().execute(
+            "UPDATE executions SET state = 'running', started_at = ?2 WHERE id = ?1",
+            params![id, iso(started)],
         )?;
         Ok(())
     }

@@ -121,7 +121,9 @@ pub fn export(sandbox: &Value, executions: &[StoredExecution]) -> Value {
     }
     let cells: Vec<Value> = executions
         .iter()
+        // Cells are what ran: not cancelled ones, nor ones lost before they began.
         .filter(|e| e.state == "finished" && e.status.as_deref() != Some("cancelled"))
+        .filter(|e| e.status.as_deref() != Some("lost") || e.started_at.is_some())
         .map(cell)
         .collect();
     json!({
