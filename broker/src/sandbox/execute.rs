@@ -21,6 +21,7 @@ use super::record::ExecutionRecord;
 use super::{ExecutionId, Runtime, Sandbox, SandboxError};
 use crate::isolation;
 use crate::isolation::beneath::Kind;
+use crate::trace::{blob_outputs, Finished};
 use cellblock_protocol::client::{Execution, ExecutionEvent, KernelClient};
 use cellblock_protocol::message::{Content, ErrorContent, ExecuteRequest};
 use cellblock_protocol::outputs::{Dropped, Output, OutputLimits, Segment};
@@ -45,6 +46,19 @@ pub enum ExecStatus {
     Crashed,
     /// Cancelled while queued; it never ran.
     Cancelled,
+}
+
+impl ExecStatus {
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+            Self::Timeout => "timeout",
+            Self::Crashed => "crashed",
+            Self::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// The result of one execution.
@@ -341,7 +355,7 @@ impl Sandbox {
             };
             // The runtime stays held until the result is recorded and
             // published, so the next execution starts after this one ended.
-            let (result, rt) = match rt {
+            let (mut result, rt) = match rt {
                 Some(mut rt) => (sandbox.run(&mut rt, &rec, opts).await, Some(rt)),
                 None => (
                     ExecutionResult::ended(rec.id, ExecStatus::Cancelled, None),
@@ -350,11 +364,20 @@ impl Sandbox {
             };
             // In the trace before the client receives it, with one end time.
             let finished = std::time::SystemTime::now();
-            let mut stored = serde_json::to_value(&result).unwrap_or_default();
-            stored["layout"] = serde_json::to_value(&result.layout).unwrap_or_default();
-            let started = rec.started_at();
-            sandbox
-                .trace(|s| s.execution_finished(&rec.id.0.to_string(), started, finished, stored));
+            let stored = stored_result(&mut result);
+            let id = rec.id.0.to_string();
+            sandbox.trace(|s| {
+                s.execution_finished(Finished {
+                    id: &id,
+                    started: rec.started_at(),
+                    finished,
+                    status: result.status.as_str(),
+                    execution_count: result.execution_count,
+                    duration_ms: result.duration_ms,
+                    result_json: stored.0,
+                    blobs: stored.1,
+                })
+            });
             let raw = rec.finish(&result, finished);
             drop(rt);
             drop(result);
@@ -536,6 +559,28 @@ impl Sandbox {
             layout: out.layout,
         }
     }
+}
+
+/// The result as the trace stores it: the API's JSON plus `layout`, with
+/// large output values moved out as blobs. Serialised straight from the
+/// typed result, so a big stdout is not copied into a JSON tree first.
+fn stored_result(result: &mut ExecutionResult) -> (String, Vec<(String, String)>) {
+    #[derive(Serialize)]
+    struct Stored<'a> {
+        #[serde(flatten)]
+        result: &'a ExecutionResult,
+        layout: &'a [Segment],
+    }
+    let originals = std::mem::take(&mut result.outputs);
+    let (outputs, blobs) = blob_outputs(&originals);
+    result.outputs = outputs;
+    let json = serde_json::to_string(&Stored {
+        result,
+        layout: &result.layout,
+    })
+    .unwrap_or_default();
+    result.outputs = originals;
+    (json, blobs)
 }
 
 fn deleted_error() -> Option<ErrorContent> {

@@ -21,8 +21,9 @@
 pub mod notebook;
 pub mod replay;
 
+use cellblock_protocol::outputs::Output;
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -245,29 +246,11 @@ impl Store {
         Ok(())
     }
 
-    /// Records an execution's result (`result` as the API shows it, plus
-    /// `layout`). Large output values go to `blobs`.
-    pub fn execution_finished(
-        &self,
-        id: &str,
-        started: Option<SystemTime>,
-        finished: SystemTime,
-        mut result: Value,
-    ) -> Result<(), TraceError> {
-        let mut blobs = Vec::new();
-        if let Some(outputs) = result.get_mut("outputs").and_then(Value::as_array_mut) {
-            for o in outputs {
-                if let Some(data) = o.get_mut("data").and_then(Value::as_object_mut) {
-                    extract_blobs(data, &mut blobs);
-                }
-            }
-        }
-        let status = result["status"].as_str().map(str::to_owned);
-        let count = result["execution_count"].as_i64();
-        let duration = result["duration_ms"].as_i64();
+    /// Records an execution's result.
+    pub fn execution_finished(&self, f: Finished<'_>) -> Result<(), TraceError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        for (hash, data) in blobs {
+        for (hash, data) in &f.blobs {
             tx.execute(
                 "INSERT OR IGNORE INTO blobs (hash, data) VALUES (?1, ?2)",
                 params![hash, data],
@@ -277,13 +260,13 @@ impl Store {
             "UPDATE executions SET state = 'finished', status = ?2, execution_count = ?3,
              started_at = ?4, finished_at = ?5, duration_ms = ?6, result = ?7 WHERE id = ?1",
             params![
-                id,
-                status,
-                count,
-                started.map(iso),
-                iso(finished),
-                duration,
-                result.to_string()
+                f.id,
+                f.status,
+                f.execution_count,
+                f.started.map(iso),
+                iso(f.finished),
+                f.duration_ms as i64,
+                f.result_json
             ],
         )?;
         tx.commit()?;
@@ -447,18 +430,43 @@ impl Store {
     }
 }
 
-/// Moves large string values of a mime bundle into `blobs`.
-fn extract_blobs(data: &mut Map<String, Value>, blobs: &mut Vec<(String, String)>) {
-    for v in data.values_mut() {
-        if let Value::String(s) = v {
-            if s.len() >= BLOB_MIN {
-                let hash = hex::encode(Sha256::digest(s.as_bytes()));
-                let text = std::mem::take(s);
-                *v = json!({ "$blob": hash });
-                blobs.push((hash, text));
+/// A finished execution, ready to be written.
+pub struct Finished<'a> {
+    pub id: &'a str,
+    pub started: Option<SystemTime>,
+    pub finished: SystemTime,
+    pub status: &'a str,
+    pub execution_count: Option<i64>,
+    pub duration_ms: u64,
+    /// The result as the API shows it, plus `layout`, with large output
+    /// values replaced by `{"$blob": hash}`.
+    pub result_json: String,
+    /// `(hash, value)` of every value moved out.
+    pub blobs: Vec<(String, String)>,
+}
+
+/// Copies of `outputs` whose large string values are replaced by blob
+/// references, and the values moved out.
+pub fn blob_outputs(outputs: &[Output]) -> (Vec<Output>, Vec<(String, String)>) {
+    let mut blobs = Vec::new();
+    let stored = outputs
+        .iter()
+        .map(|o| {
+            let mut o = o.clone();
+            for v in o.data.values_mut() {
+                if let Value::String(s) = v {
+                    if s.len() >= BLOB_MIN {
+                        let hash = hex::encode(Sha256::digest(s.as_bytes()));
+                        let text = std::mem::take(s);
+                        *v = json!({ "$blob": hash });
+                        blobs.push((hash, text));
+                    }
+                }
             }
-        }
-    }
+            o
+        })
+        .collect();
+    (stored, blobs)
 }
 
 /// Puts blob values back into a stored result.
@@ -505,10 +513,28 @@ mod tests {
             store
                 .execution_submitted("s", id, i as u64, "x", now)
                 .unwrap();
-            let result = json!({"status": "ok", "execution_count": i + 1, "duration_ms": 1,
-                "outputs": [{"type": "display_data", "data": {"image/png": png, "text/plain": "<Figure>"}, "metadata": {}}]});
+            let mut data = serde_json::Map::new();
+            data.insert("image/png".into(), json!(png));
+            data.insert("text/plain".into(), json!("<Figure>"));
+            let outputs = vec![Output {
+                kind: "display_data",
+                data,
+                metadata: Default::default(),
+                display_id: None,
+                execution_count: None,
+            }];
+            let (stored, blobs) = blob_outputs(&outputs);
             store
-                .execution_finished(id, Some(now), now, result)
+                .execution_finished(Finished {
+                    id,
+                    started: Some(now),
+                    finished: now,
+                    status: "ok",
+                    execution_count: Some(i as i64 + 1),
+                    duration_ms: 1,
+                    result_json: json!({"status": "ok", "outputs": stored}).to_string(),
+                    blobs,
+                })
                 .unwrap();
         }
         let blobs: i64 = store
