@@ -39,6 +39,8 @@ pub enum TraceError {
     Db(#[from] rusqlite::Error),
     #[error("trace JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("trace file: {0}")]
+    Io(#[source] std::io::Error),
 }
 
 /// The SQLite trace store.
@@ -154,6 +156,13 @@ impl Store {
     /// unfinished are marked `lost` and its sandboxes ended.
     pub fn open(path: &Path) -> Result<Self, TraceError> {
         let conn = Connection::open(path)?;
+        // Code and outputs of every sandbox: root only (SQLite gives the WAL
+        // and shared-memory files the database's mode).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(TraceError::Io)?;
+        }
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
