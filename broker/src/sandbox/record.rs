@@ -529,7 +529,7 @@ impl ExecutionRecord {
             input_request: inner.input_pending.clone(),
             code: match &inner.code {
                 Some(c) if detail => Some(c.to_string()),
-                Some(c) => Some(preview(c)),
+                Some(c) => Some(crate::trace::preview(c)),
                 None => None,
             },
             evicted: inner.evicted,
@@ -537,18 +537,6 @@ impl ExecutionRecord {
             result,
         }
     }
-}
-
-fn preview(code: &str) -> String {
-    const MAX: usize = 200;
-    if code.len() <= MAX {
-        return code.to_owned();
-    }
-    let mut cut = MAX;
-    while !code.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}…", &code[..cut])
 }
 
 fn end_event(seq: u64, result: Option<&RawValue>) -> Bytes {

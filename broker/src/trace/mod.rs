@@ -139,7 +139,8 @@ impl StoredExecution {
     }
 }
 
-fn preview(code: &str) -> String {
+/// The start of some code, for lists.
+pub(crate) fn preview(code: &str) -> String {
     const MAX: usize = 200;
     if code.len() <= MAX {
         return code.to_owned();
