@@ -26,13 +26,69 @@ pub fn request(
     }
     let body = body.unwrap_or_default();
     head.push_str(&format!(
-        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "Content-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     ));
+    // Ask before sending a body, so a refusal (413 for too large) arrives
+    // instead of a broken pipe.
+    if !body.is_empty() {
+        head.push_str("Expect: 100-continue\r\n");
+    }
+    head.push_str("\r\n");
     stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
     let mut raw = Vec::new();
+    if !body.is_empty() {
+        match interim(&mut stream, &mut raw)? {
+            Some(status) if status != 100 => {
+                // A final answer before the body: the server refused it.
+                stream.read_to_end(&mut raw)?;
+                return parse_response(&raw);
+            }
+            Some(_) => raw.clear(),
+            None => {}
+        }
+        stream.write_all(body)?;
+    }
     stream.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+/// Waits up to a second for an interim (`100 Continue`) or early final
+/// response; its status, or `None` if the server said nothing (it does not
+/// do `Expect`). What was read stays in `raw`.
+fn interim(stream: &mut TcpStream, raw: &mut Vec<u8>) -> anyhow::Result<Option<u16>> {
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
+    let mut buf = [0u8; 4096];
+    let found = loop {
+        if raw.windows(4).any(|w| w == b"\r\n\r\n") {
+            break true;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break false
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    stream.set_read_timeout(None)?;
+    if !found {
+        return Ok(None);
+    }
+    Ok(String::from_utf8_lossy(raw)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok()))
+}
+
+/// Splits a whole HTTP/1.1 response into status and body.
+fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -125,6 +181,12 @@ pub fn replay(r: &Replay<'_>) -> anyhow::Result<bool> {
         "{} cells: {} identical, {} changed, {} errors, {} skipped",
         s["cells"], s["identical"], s["changed"], s["errors"], s["skipped"]
     );
+    if v["kept"] == true {
+        println!(
+            "the replay sandbox is kept: {}",
+            v["sandbox_id"].as_str().unwrap_or("?")
+        );
+    }
     Ok(s["changed"] == 0 && s["errors"] == 0)
 }
 

@@ -76,14 +76,15 @@ pub async fn execute_notebook(
     let (nb, opts) = if body.get("notebook").is_some() && body.get("nbformat").is_none() {
         let w: Wrapped =
             serde_json::from_value(body).map_err(|e| ApiError::invalid(e.to_string()))?;
+        // Options in the body win; the query fills in the rest.
         (
             w.notebook,
             ReplayOptions {
                 image: w.image,
                 limits: w.limits,
-                timeout_s: w.timeout_s,
-                stop_on_error: w.stop_on_error,
-                keep: w.keep,
+                timeout_s: w.timeout_s.or(q.timeout_s),
+                stop_on_error: w.stop_on_error.or(q.stop_on_error),
+                keep: w.keep.or(q.keep),
             },
         )
     } else {
@@ -113,6 +114,23 @@ pub async fn replay_sandbox(
     replay(&state, nb, opts, Some(id.to_string()))
         .await
         .map(Json)
+}
+
+/// `value[key]` as an object, made one if it is missing or something else.
+/// (`value` is an object: notebooks and cells are checked before a replay.)
+fn object_at<'a>(value: &'a mut Value, key: &str) -> &'a mut serde_json::Map<String, Value> {
+    if !value.is_object() {
+        *value = json!({});
+    }
+    let slot = value
+        .as_object_mut()
+        .expect("made an object above")
+        .entry(key)
+        .or_insert_with(|| json!({}));
+    if !slot.is_object() {
+        *slot = json!({});
+    }
+    slot.as_object_mut().expect("made an object above")
 }
 
 struct Plan {
@@ -182,6 +200,10 @@ async fn replay_cells(
             skipped += 1;
             target["outputs"] = json!([]);
             target["execution_count"] = Value::Null;
+            // Nothing ran: no timings or status of the recording remain.
+            let meta = object_at(target, "metadata");
+            meta.remove("execution");
+            meta.remove("cellblock");
             reports.push(json!({"index": cell.index, "cell_id": cell.id, "result": "skipped"}));
             continue;
         }
@@ -224,6 +246,24 @@ async fn replay_cells(
         }
         target["outputs"] = json!(outputs);
         target["execution_count"] = result["execution_count"].clone();
+        // The cell now describes this run, not the recorded one.
+        let meta = object_at(target, "metadata");
+        let mut timing = serde_json::Map::new();
+        if let Some(e) = &stored {
+            if let Some(s) = &e.started_at {
+                timing.insert("iopub.status.busy".into(), json!(s));
+                timing.insert("iopub.execute_input".into(), json!(s));
+            }
+            if let Some(f) = &e.finished_at {
+                timing.insert("shell.execute_reply".into(), json!(f));
+                timing.insert("iopub.status.idle".into(), json!(f));
+            }
+        }
+        meta.insert("execution".into(), Value::Object(timing));
+        meta.insert(
+            "cellblock".into(),
+            json!({"execution_id": eid, "status": status, "duration_ms": result["duration_ms"]}),
+        );
         reports.push(json!({
             "index": cell.index,
             "cell_id": cell.id,
@@ -234,15 +274,35 @@ async fn replay_cells(
             "error": result["error"],
         }));
     }
-    // Every cell needs an id in nbformat 4.5.
+    // Every cell needs an id in nbformat 4.5: fill in unique ones.
     if let Some(cells) = nb["cells"].as_array_mut() {
+        let mut taken: std::collections::HashSet<String> = cells
+            .iter()
+            .filter_map(|c| c.get("id").and_then(Value::as_str).map(str::to_owned))
+            .collect();
         for (i, c) in cells.iter_mut().enumerate() {
             if c.get("id").and_then(Value::as_str).is_none() {
-                c["id"] = json!(format!("cell-{i}"));
+                let mut id = format!("cell-{i}");
+                let mut n = 1;
+                while taken.contains(&id) {
+                    id = format!("cell-{i}-{n}");
+                    n += 1;
+                }
+                taken.insert(id.clone());
+                c["id"] = json!(id);
             }
         }
     }
     nb["nbformat_minor"] = json!(nb["nbformat_minor"].as_u64().unwrap_or(5).max(5));
+    object_at(&mut nb, "metadata").insert(
+        "cellblock".into(),
+        json!({
+            "sandbox_id": sid,
+            "replay_of": plan.replay_of,
+            "image": sandbox.image.name,
+            "image_version": sandbox.image.version,
+        }),
+    );
     Ok(json!({
         "sandbox_id": sid,
         "replay_of": plan.replay_of,
