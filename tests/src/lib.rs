@@ -370,6 +370,101 @@ pub fn write_bench_report(name: &str, report: &Value) {
     );
 }
 
+/// The bin dir of the notebook tools venv (nbformat, nbconvert, and the
+/// kernel image's packages), from `CELLBLOCK_TEST_TOOLS`.
+pub fn tools() -> PathBuf {
+    let dir = std::env::var_os("CELLBLOCK_TEST_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "CELLBLOCK_TEST_TOOLS is not set: run ./scripts/test.sh, which installs nbformat, \
+                 nbconvert and the kernel's packages into target/test-tools and sets it \
+                 (or set it to target/test-tools/bin yourself)"
+            )
+        });
+    assert!(
+        dir.join("python").exists() && dir.join("jupyter").exists(),
+        "CELLBLOCK_TEST_TOOLS={} has no python/jupyter: run ./scripts/test.sh to (re)create the tools venv",
+        dir.display()
+    );
+    dir
+}
+
+/// Runs the tools' python on a script; asserts it succeeds, returns stdout.
+pub fn tools_python(script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(tools().join("python"))
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("running the tools python");
+    assert!(
+        out.status.success(),
+        "python failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Validates a notebook file the strictest way nbformat offers (a missing or
+/// duplicate cell id is an error); returns nbformat's summary line.
+pub fn validate_notebook_file(path: &Path) -> String {
+    let out = tools_python(
+        "import sys, warnings, nbformat\n\
+         warnings.simplefilter('error', nbformat.warnings.MissingIDFieldWarning)\n\
+         warnings.simplefilter('error', nbformat.warnings.DuplicateCellId)\n\
+         nb = nbformat.read(sys.argv[1], as_version=4)\n\
+         nbformat.validate(nb)\n\
+         print('valid', nb.nbformat, nb.nbformat_minor, len(nb.cells))\n",
+        &[path.as_os_str()],
+    );
+    assert!(out.starts_with("valid 4 5 "), "{out}");
+    out
+}
+
+/// [`validate_notebook_file`] for a notebook in memory.
+pub fn validate_notebook(nb: &Value) -> String {
+    let tmp = TempDir::new();
+    let path = tmp.0.join("nb.ipynb");
+    std::fs::write(&path, serde_json::to_vec(nb).expect("JSON")).expect("writing the notebook");
+    validate_notebook_file(&path)
+}
+
+/// Text of a notebook string field (a string or a list of lines).
+pub fn nb_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+        _ => String::new(),
+    }
+}
+
+/// A temporary directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A fresh empty directory under the system's temp dir.
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("cbtmp-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("creating a temp dir");
+        Self(dir)
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Polls `cond` every 50 ms until it holds or `limit` passes.
 pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;

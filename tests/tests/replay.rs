@@ -11,11 +11,11 @@
 //! Notebooks are checked with nbformat from the venv `./scripts/test.sh`
 //! prepares (`CELLBLOCK_TEST_TOOLS`).
 
-use cellblock_tests::{binary, eventually, Server};
+use cellblock_tests::{binary, eventually, nb_text, tools, validate_notebook, Server, TempDir};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,81 +38,6 @@ const SESSION: [&str; 8] = [
 ];
 const ERROR_CELL: usize = 5;
 const RANDOM_CELL: usize = 6;
-
-/// The bin dir of the notebook tools venv (nbformat, nbconvert).
-fn tools() -> PathBuf {
-    let dir = std::env::var_os("CELLBLOCK_TEST_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            panic!(
-                "CELLBLOCK_TEST_TOOLS is not set: run ./scripts/test.sh, which installs nbformat \
-                 and nbconvert into target/test-tools and sets it (or set it to \
-                 target/test-tools/bin yourself)"
-            )
-        });
-    assert!(
-        dir.join("python").exists(),
-        "CELLBLOCK_TEST_TOOLS={} has no python: run ./scripts/test.sh to (re)create the tools venv",
-        dir.display()
-    );
-    dir
-}
-
-/// Validates a notebook the strictest way nbformat offers (a missing or
-/// duplicate cell id is an error); returns nbformat's summary line.
-fn validate_notebook(nb: &Value) -> String {
-    let tmp = TempDir::new();
-    let path = tmp.0.join("nb.ipynb");
-    std::fs::write(&path, serde_json::to_vec(nb).expect("JSON")).expect("writing the notebook");
-    let out = Command::new(tools().join("python"))
-        .arg("-c")
-        .arg(
-            "import sys, warnings, nbformat\n\
-             warnings.simplefilter('error', nbformat.warnings.MissingIDFieldWarning)\n\
-             warnings.simplefilter('error', nbformat.warnings.DuplicateCellId)\n\
-             nb = nbformat.read(sys.argv[1], as_version=4)\n\
-             nbformat.validate(nb)\n\
-             print('valid', nb.nbformat, nb.nbformat_minor, len(nb.cells))\n",
-        )
-        .arg(&path)
-        .output()
-        .expect("running the tools python");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "nbformat refused the notebook ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.starts_with("valid 4 5 "), "{stdout}");
-    stdout
-}
-
-/// A temporary directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("cbrp-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).expect("creating a temp dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Text of a notebook string field (a string or a list of lines).
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
-        _ => String::new(),
-    }
-}
 
 /// Ids of the live sandboxes.
 async fn listed(s: &Server) -> Vec<String> {
@@ -257,12 +182,12 @@ async fn a_recorded_session_replays_with_noise_ignored_and_randomness_reported()
     let cells = nb["cells"].as_array().expect("cells");
     assert_eq!(cells.len(), SESSION.len());
     for (i, c) in cells.iter().enumerate() {
-        assert_eq!(text(&c["source"]), SESSION[i], "cell {i}");
+        assert_eq!(nb_text(&c["source"]), SESSION[i], "cell {i}");
         assert_eq!(c["id"], recorded["cells"][i]["id"], "cell {i}");
         assert_eq!(c["execution_count"], json!(i + 1), "cell {i}");
     }
     assert!(
-        text(&cells[3]["outputs"][0]["data"]["text/plain"]).contains(" at 0x"),
+        nb_text(&cells[3]["outputs"][0]["data"]["text/plain"]).contains(" at 0x"),
         "{}",
         cells[3]
     );
@@ -272,8 +197,8 @@ async fn a_recorded_session_replays_with_noise_ignored_and_randomness_reported()
         "a new random number"
     );
     assert_eq!(
-        text(&cells[2]["outputs"][0]["data"]["image/png"]),
-        text(&recorded["cells"][2]["outputs"][0]["data"]["image/png"]),
+        nb_text(&cells[2]["outputs"][0]["data"]["image/png"]),
+        nb_text(&recorded["cells"][2]["outputs"][0]["data"]["image/png"]),
         "the chart is drawn identically"
     );
     validate_notebook(nb);
@@ -426,7 +351,7 @@ async fn a_hand_written_nbformat_4_4_notebook_replays() {
     let outs = code["outputs"].as_array().expect("outputs");
     assert_eq!(outs.len(), 1, "{outs:?}");
     assert_eq!(outs[0]["output_type"], "execute_result");
-    assert_eq!(text(&outs[0]["data"]["text/plain"]), "2");
+    assert_eq!(nb_text(&outs[0]["data"]["text/plain"]), "2");
     let summary = validate_notebook(out);
     assert!(summary.starts_with("valid 4 5 3"), "{summary}");
     assert!(listed(&s).await.is_empty());
@@ -914,7 +839,7 @@ async fn a_deleted_sandboxs_session_replays() {
         r["cells"]
     );
     assert_eq!(
-        text(&r["notebook"]["cells"][1]["outputs"][0]["text"]),
+        nb_text(&r["notebook"]["cells"][1]["outputs"][0]["text"]),
         "42\n"
     );
     assert!(listed(&s).await.is_empty());
@@ -955,7 +880,7 @@ async fn a_replay_completes_and_is_cleaned_up_when_the_client_goes_away() {
     assert!(eventually(Duration::from_secs(10), || s.kernels().is_empty()).await);
     let trace = export(&s, &rid).await;
     assert_eq!(
-        text(&trace["cells"][0]["outputs"][0]["text"]),
+        nb_text(&trace["cells"][0]["outputs"][0]["text"]),
         "slept\n",
         "the cell ran to its end: {}",
         trace["cells"][0]

@@ -8,95 +8,29 @@
 //! venv `./scripts/test.sh` prepares (`CELLBLOCK_TEST_TOOLS`).
 
 use base64::Engine;
-use cellblock_tests::{eventually, processes_mentioning, Server};
+use cellblock_tests::{
+    eventually, nb_text, processes_mentioning, tools, tools_python, validate_notebook_file, Server,
+    TempDir,
+};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// The bin dir of the notebook tools venv (nbformat, nbconvert, ipykernel).
-fn tools() -> PathBuf {
-    let dir = std::env::var_os("CELLBLOCK_TEST_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            panic!(
-                "CELLBLOCK_TEST_TOOLS is not set: run ./scripts/test.sh, which installs nbformat, \
-             nbconvert and the kernel's packages into target/test-tools and sets it \
-             (or set it to target/test-tools/bin yourself)"
-            )
-        });
-    assert!(
-        dir.join("python").exists() && dir.join("jupyter").exists(),
-        "CELLBLOCK_TEST_TOOLS={} has no python/jupyter: run ./scripts/test.sh to (re)create the tools venv",
-        dir.display()
-    );
-    dir
-}
-
-/// Runs the tools' python on a script; asserts it succeeds, returns stdout.
-fn python(script: &str, args: &[&OsStr]) -> String {
-    let out = Command::new(tools().join("python"))
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("running the tools python");
-    assert!(
-        out.status.success(),
-        "python failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Validates a notebook file the strictest way nbformat offers: every
-/// nbformat warning (a missing or duplicate cell id, ...) is an error.
-fn validate_notebook(path: &Path) {
-    let out = python(
-        "import sys, warnings, nbformat\n\
-         warnings.simplefilter('error', nbformat.warnings.MissingIDFieldWarning)\n\
-         warnings.simplefilter('error', nbformat.warnings.DuplicateCellId)\n\
-         nb = nbformat.read(sys.argv[1], as_version=4)\n\
-         nbformat.validate(nb)\n\
-         print('valid', nb.nbformat, nb.nbformat_minor, len(nb.cells))\n",
-        &[path.as_os_str()],
-    );
-    assert!(out.starts_with("valid 4 5 "), "{out}");
-}
-
 /// Runs SQL on a trace database with the tools' sqlite3; rows as JSON.
 fn sql(db: &Path, query: &str) -> Value {
-    let out = python(
+    let out = tools_python(
         "import sys, json, sqlite3\n\
          c = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True)\n\
          print(json.dumps(c.execute(sys.argv[2]).fetchall()))\n",
         &[db.as_os_str(), OsStr::new(query)],
     );
     serde_json::from_str(&out).expect("sqlite rows as JSON")
-}
-
-/// A temporary directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("cbnb-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).expect("creating a temp dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// `GET /v1/sandboxes/{id}/notebook`: the notebook and the bytes served.
@@ -139,15 +73,6 @@ async fn submit(s: &Server, id: &str, code: &str) -> String {
     v["execution_id"].as_str().expect("execution_id").to_owned()
 }
 
-/// Text of a notebook string field (a string or a list of lines).
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
-        _ => String::new(),
-    }
-}
-
 /// All text a cell's outputs wrote to one stream.
 fn stream_text(outputs: &Value, name: &str) -> String {
     outputs
@@ -155,7 +80,7 @@ fn stream_text(outputs: &Value, name: &str) -> String {
         .expect("outputs")
         .iter()
         .filter(|o| o["output_type"] == "stream" && o["name"] == name)
-        .map(|o| text(&o["text"]))
+        .map(|o| nb_text(&o["text"]))
         .collect()
 }
 
@@ -166,9 +91,9 @@ fn output_kinds(outputs: &Value) -> Vec<String> {
         .expect("outputs")
         .iter()
         .map(|o| match o["output_type"].as_str().unwrap_or_default() {
-            "stream" => format!("stream:{}:{}", text(&o["name"]), text(&o["text"])),
-            "error" => format!("error:{}", text(&o["ename"])),
-            t => format!("{t}:{}", text(&o["data"]["text/plain"])),
+            "stream" => format!("stream:{}:{}", nb_text(&o["name"]), nb_text(&o["text"])),
+            "error" => format!("error:{}", nb_text(&o["ename"])),
+            t => format!("{t}:{}", nb_text(&o["data"]["text/plain"])),
         })
         .collect()
 }
@@ -231,7 +156,7 @@ async fn a_session_exports_as_a_valid_notebook_that_nbconvert_reexecutes() {
     let tmp = TempDir::new();
     let path = tmp.0.join("session.ipynb");
     std::fs::write(&path, &raw).expect("writing the notebook");
-    validate_notebook(&path);
+    validate_notebook_file(&path);
 
     assert_eq!(nb["nbformat"], 4);
     assert_eq!(nb["nbformat_minor"], 5);
@@ -252,7 +177,7 @@ async fn a_session_exports_as_a_valid_notebook_that_nbconvert_reexecutes() {
     let mut ids = HashSet::new();
     for (i, (cell, r)) in nb_cells.iter().zip(&live).enumerate() {
         assert_eq!(cell["cell_type"], "code");
-        assert_eq!(text(&cell["source"]), cells[i], "cell {i} source");
+        assert_eq!(nb_text(&cell["source"]), cells[i], "cell {i} source");
         let cid = cell["id"].as_str().expect("cell id");
         assert!(valid_cell_id(cid), "cell id {cid:?}");
         assert!(ids.insert(cid.to_owned()), "duplicate cell id {cid}");
@@ -299,12 +224,15 @@ async fn a_session_exports_as_a_valid_notebook_that_nbconvert_reexecutes() {
     assert_eq!(outs(1).len(), 1, "{df}");
     assert_eq!(df[0]["output_type"], "execute_result");
     assert_eq!(df[0]["execution_count"], 2);
-    assert!(text(&df[0]["data"]["text/html"]).contains("<table"), "{df}");
+    assert!(
+        nb_text(&df[0]["data"]["text/html"]).contains("<table"),
+        "{df}"
+    );
     assert_eq!(df[0]["data"], live[1]["outputs"][0]["data"]);
     let chart = &nb_cells[2]["outputs"];
     assert_eq!(outs(2).len(), 1, "{chart}");
     assert_eq!(chart[0]["output_type"], "display_data");
-    let png_nb = text(&chart[0]["data"]["image/png"]);
+    let png_nb = nb_text(&chart[0]["data"]["image/png"]);
     assert!(
         png_nb == png_live,
         "the exported PNG differs from the live result's"
@@ -347,7 +275,7 @@ async fn a_session_exports_as_a_valid_notebook_that_nbconvert_reexecutes() {
     );
     assert!(after["metadata"]["cellblock"]["deleted_at"].is_string());
     std::fs::write(&path, &raw_after).expect("writing the notebook");
-    validate_notebook(&path);
+    validate_notebook_file(&path);
 
     // Jupyter re-runs it with the same packages and prints the same.
     let out = tmp.0.join("rerun.ipynb");
@@ -404,8 +332,8 @@ async fn a_session_exports_as_a_valid_notebook_that_nbconvert_reexecutes() {
         "nbclient shows the updated display too"
     );
     assert_eq!(
-        text(&re_cells[1]["outputs"][0]["data"]["text/plain"]),
-        text(&df[0]["data"]["text/plain"]),
+        nb_text(&re_cells[1]["outputs"][0]["data"]["text/plain"]),
+        nb_text(&df[0]["data"]["text/plain"]),
         "the DataFrame prints the same"
     );
     assert!(
@@ -497,7 +425,7 @@ async fn everything_stays_readable_after_delete_without_secrets() {
     let (nb, _) = notebook(&s, &id).await;
     assert_eq!(nb["cells"].as_array().map(Vec::len), Some(2), "{nb}");
     let html = &nb["cells"][1]["outputs"][1]["data"]["text/html"];
-    assert_eq!(text(html).len(), "<b></b>".len() + 3000, "{html}");
+    assert_eq!(nb_text(html).len(), "<b></b>".len() + 3000, "{html}");
 
     // The trace.
     let (status, trace) = get(&s, &format!("/v1/sandboxes/{id}/trace")).await;
@@ -617,7 +545,7 @@ async fn identical_large_outputs_are_stored_once() {
     }
     let (nb, _) = notebook(&s2, &id).await;
     for c in nb["cells"].as_array().unwrap() {
-        assert!(text(&c["outputs"][0]["data"]["image/png"]) == png1);
+        assert!(nb_text(&c["outputs"][0]["data"]["image/png"]) == png1);
     }
     drop(s2);
     drop(s);
@@ -796,7 +724,7 @@ async fn a_kill_9_loses_nothing_the_client_was_told_about() {
     let tmp = TempDir::new();
     let path = tmp.0.join("killed.ipynb");
     std::fs::write(&path, &raw).unwrap();
-    validate_notebook(&path);
+    validate_notebook_file(&path);
     let cells = nb["cells"].as_array().unwrap();
     for (eid, (_, stdout)) in &received {
         let cell = cells

@@ -248,18 +248,8 @@ async fn replay_cells(
         target["execution_count"] = result["execution_count"].clone();
         // The cell now describes this run, not the recorded one.
         let meta = object_at(target, "metadata");
-        let mut timing = serde_json::Map::new();
-        if let Some(e) = &stored {
-            if let Some(s) = &e.started_at {
-                timing.insert("iopub.status.busy".into(), json!(s));
-                timing.insert("iopub.execute_input".into(), json!(s));
-            }
-            if let Some(f) = &e.finished_at {
-                timing.insert("shell.execute_reply".into(), json!(f));
-                timing.insert("iopub.status.idle".into(), json!(f));
-            }
-        }
-        meta.insert("execution".into(), Value::Object(timing));
+        let timing = stored.as_ref().map_or_else(|| json!({}), notebook::timing);
+        meta.insert("execution".into(), timing);
         meta.insert(
             "cellblock".into(),
             json!({"execution_id": eid, "status": status, "duration_ms": result["duration_ms"]}),

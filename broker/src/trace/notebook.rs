@@ -83,10 +83,8 @@ pub fn cell_outputs(result: &Value) -> Vec<Value> {
     out
 }
 
-/// One code cell.
-fn cell(e: &StoredExecution) -> Value {
-    let empty = json!({});
-    let result = e.result.as_ref().unwrap_or(&empty);
+/// A cell's `metadata.execution`: the timing keys JupyterLab records.
+pub fn timing(e: &StoredExecution) -> Value {
     let mut timing = serde_json::Map::new();
     if let Some(s) = &e.started_at {
         timing.insert("iopub.status.busy".into(), json!(s));
@@ -96,12 +94,19 @@ fn cell(e: &StoredExecution) -> Value {
         timing.insert("shell.execute_reply".into(), json!(f));
         timing.insert("iopub.status.idle".into(), json!(f));
     }
+    Value::Object(timing)
+}
+
+/// One code cell.
+fn cell(e: &StoredExecution) -> Value {
+    let empty = json!({});
+    let result = e.result.as_ref().unwrap_or(&empty);
     json!({
         "cell_type": "code",
         "id": e.id.replace('-', ""),
         "execution_count": e.execution_count,
         "metadata": {
-            "execution": timing,
+            "execution": timing(e),
             "cellblock": {
                 "execution_id": e.id,
                 "status": e.status,
