@@ -8,11 +8,13 @@
 //! - [`files`]: the file API.
 //! - [`traces`]: notebook export and the full trace.
 //! - [`replay`]: replaying notebooks and recorded sessions in fresh sandboxes.
+//! - [`gateway`]: the Jupyter kernels REST API (`/api`), for Jupyter clients.
 
 pub mod body;
 pub mod error;
 pub mod executions;
 pub mod files;
+pub mod gateway;
 pub mod replay;
 pub mod sandboxes;
 pub mod traces;
@@ -36,6 +38,8 @@ pub struct AppState {
     pub manager: Arc<Manager>,
     /// SHA-256 of the API key, compared in constant time.
     key_digest: Option<[u8; 32]>,
+    /// Jupyter sessions of the `/api` surface.
+    pub sessions: Arc<gateway::Sessions>,
 }
 
 impl AppState {
@@ -44,34 +48,71 @@ impl AppState {
         Self {
             manager,
             key_digest: api_key.map(|k| Sha256::digest(k.as_bytes()).into()),
+            sessions: Arc::default(),
         }
     }
 }
 
-async fn require_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(want) = state.key_digest else {
-        return next.run(req).await;
-    };
-    let given = req
+/// Why a request was not let in.
+pub(crate) enum AuthFailure {
+    Missing,
+    Wrong,
+}
+
+impl AuthFailure {
+    fn message(&self) -> &'static str {
+        match self {
+            Self::Missing => {
+                "send the API key as 'Authorization: Bearer <key>', 'Authorization: token <key>' or '?token=<key>'"
+            }
+            Self::Wrong => "the API key is wrong",
+        }
+    }
+}
+
+/// The key a request presents: `Authorization: Bearer K`, `Authorization:
+/// token K` (Jupyter's scheme) or `?token=K` (for clients that cannot set
+/// headers, such as websockets and EventSource).
+fn presented_key(req: &Request) -> Option<String> {
+    let header = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|k| Sha256::digest(k.trim().as_bytes()));
-    match given {
-        Some(d) if bool::from(d.as_slice().ct_eq(&want)) => next.run(req).await,
-        Some(_) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the API key is wrong",
-        )
-        .into_response(),
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send the API key as 'Authorization: Bearer <key>'",
-        )
-        .into_response(),
+        .and_then(|v| {
+            let (scheme, key) = v.trim().split_once(' ')?;
+            (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token"))
+                .then(|| key.trim().to_owned())
+        });
+    header.or_else(|| {
+        req.uri().query().and_then(|q| {
+            q.split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == "token")
+                .map(|(_, v)| v.to_owned())
+        })
+    })
+}
+
+/// Checks the API key, when the server has one, in constant time.
+pub(crate) fn check_key(state: &AppState, req: &Request) -> Result<(), AuthFailure> {
+    let Some(want) = state.key_digest else {
+        return Ok(());
+    };
+    let given = presented_key(req).ok_or(AuthFailure::Missing)?;
+    let digest = Sha256::digest(given.as_bytes());
+    if bool::from(digest.as_slice().ct_eq(&want)) {
+        Ok(())
+    } else {
+        Err(AuthFailure::Wrong)
+    }
+}
+
+async fn require_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match check_key(&state, &req) {
+        Ok(()) => next.run(req).await,
+        Err(why) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why.message()).into_response()
+        }
     }
 }
 
@@ -154,8 +195,37 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    let jupyter = Router::new()
+        .route("/", get(gateway::info))
+        .route("/kernelspecs", get(gateway::kernelspecs))
+        .route("/kernelspecs/{name}", get(gateway::kernelspec))
+        .route("/kernels", get(gateway::list).post(gateway::start))
+        .route(
+            "/kernels/{id}",
+            get(gateway::get_one).delete(gateway::delete),
+        )
+        .route("/kernels/{id}/interrupt", post(gateway::interrupt))
+        .route("/kernels/{id}/restart", post(gateway::restart))
+        .route(
+            "/sessions",
+            get(gateway::sessions).post(gateway::start_session),
+        )
+        .route(
+            "/sessions/{id}",
+            get(gateway::get_session).delete(gateway::delete_session),
+        )
+        .fallback(gateway::fallback)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            gateway::require_key,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
+        .route(
+            "/kernelspecs/{name}/{*file}",
+            get(gateway::kernelspec_resource),
+        )
+        .nest("/api", jupyter)
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

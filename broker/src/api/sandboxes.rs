@@ -103,7 +103,9 @@ fn valid_env_key(k: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn validate_env(env: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ApiError> {
+pub(super) fn validate_env(
+    env: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ApiError> {
     if env.len() > MAX_ENV_VARS {
         return Err(ApiError::invalid(format!(
             "env has more than {MAX_ENV_VARS} variables"

@@ -1,0 +1,304 @@
+//! The Jupyter kernels REST API (`/api`): kernelspecs, kernels as sandboxes,
+//! interrupt, restart, sessions, Jupyter's error shape and auth schemes.
+//! (The websocket is not served yet.)
+
+use cellblock_tests::Server;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn is_jupyter_time(s: &str) -> bool {
+    // %Y-%m-%dT%H:%M:%S.%fZ: microseconds and a Z.
+    let b = s.as_bytes();
+    b.len() == 27
+        && b[4] == b'-'
+        && b[10] == b'T'
+        && b[19] == b'.'
+        && b[26] == b'Z'
+        && s[20..26].bytes().all(|c| c.is_ascii_digit())
+}
+
+fn check_model(m: &Value) {
+    assert!(
+        uuid::Uuid::parse_str(m["id"].as_str().unwrap_or_default()).is_ok(),
+        "{m}"
+    );
+    assert_eq!(m["name"], "python3", "{m}");
+    assert!(
+        is_jupyter_time(m["last_activity"].as_str().unwrap_or_default()),
+        "{m}"
+    );
+    assert!(m["execution_state"].is_string(), "{m}");
+    assert!(m["connections"].is_number(), "{m}");
+}
+
+fn check_error(v: &Value) {
+    assert!(v["reason"].is_string() && v["message"].is_string(), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernelspecs_name_the_python_image() {
+    let s = Server::start();
+    let (status, v) = s.call(s.req(Method::GET, "/api")).await;
+    assert_eq!(status, 200);
+    assert!(v["version"].is_string(), "{v}");
+    let (status, v) = s.call(s.req(Method::GET, "/api/kernelspecs")).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["default"], "python3");
+    let spec = &v["kernelspecs"]["python3"];
+    assert_eq!(spec["name"], "python3");
+    for key in [
+        "argv",
+        "display_name",
+        "language",
+        "interrupt_mode",
+        "metadata",
+    ] {
+        assert!(!spec["spec"][key].is_null(), "{key} missing: {spec}");
+    }
+    assert!(spec["resources"].is_object());
+    let (status, one) = s.call(s.req(Method::GET, "/api/kernelspecs/python3")).await;
+    assert_eq!((status, &one), (200, spec));
+    let (status, v) = s.call(s.req(Method::GET, "/api/kernelspecs/ruby")).await;
+    assert_eq!(status, 404);
+    check_error(&v);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_is_a_sandbox_from_start_to_delete() {
+    let s = Server::start();
+    let resp = s
+        .req(Method::POST, "/api/kernels")
+        .json(&json!({"name": "python3", "env": {
+            "KERNEL_USERNAME": "alice", "KERNEL_WORKING_DIR": "/etc", "PATH": "/evil"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let m: Value = resp.json().await.unwrap();
+    check_model(&m);
+    let id = m["id"].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/api/kernels/{id}"));
+
+    // The same sandbox in /v1, isolated, with only KERNEL_* variables.
+    let (_, v) = s.call(s.req(Method::GET, "/v1/sandboxes")).await;
+    assert_eq!(v["sandboxes"][0]["id"], id.as_str());
+    let r = s
+        .exec(&id, "import os\nprint(os.environ.get('KERNEL_USERNAME'), os.environ.get('KERNEL_WORKING_DIR'), os.getcwd(), os.environ['PATH'] != '/evil', os.getuid())")
+        .await;
+    assert_eq!(r["stdout"], "alice None /home/user True 1000\n", "{r}");
+
+    let (status, list) = s.call(s.req(Method::GET, "/api/kernels")).await;
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    check_model(&list[0]);
+
+    // Interrupt a running cell: 204, and the cell ends with KeyboardInterrupt.
+    s.exec(&id, "x = 41").await;
+    let (_, sub) = s
+        .call(
+            s.req(Method::POST, &format!("/v1/sandboxes/{id}/execute"))
+                .json(&json!({"code": "import time\nprint('go', flush=True)\ntime.sleep(60)", "wait": false})),
+        )
+        .await;
+    let eid = sub["execution_id"].as_str().unwrap().to_owned();
+    let mut running = false;
+    for _ in 0..300 {
+        let (_, v) = s
+            .call(s.req(Method::GET, &format!("/v1/sandboxes/{id}/executions/{eid}")))
+            .await;
+        if v["output"]["stdout"] == "go\n" {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(running, "the cell never started");
+    let (_, k) = s
+        .call(s.req(Method::GET, &format!("/api/kernels/{id}")))
+        .await;
+    assert_eq!(k["execution_state"], "busy", "{k}");
+    let resp = s
+        .req(Method::POST, &format!("/api/kernels/{id}/interrupt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let mut ended = Value::Null;
+    for _ in 0..300 {
+        let (_, v) = s
+            .call(s.req(Method::GET, &format!("/v1/sandboxes/{id}/executions/{eid}")))
+            .await;
+        if v["state"] == "finished" {
+            ended = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        ended["result"]["error"]["ename"], "KeyboardInterrupt",
+        "{ended}"
+    );
+    assert_eq!(s.exec(&id, "print(x + 1)").await["stdout"], "42\n");
+
+    // Restart: 200 with the model, and the state is gone.
+    let (status, m) = s
+        .call(s.req(Method::POST, &format!("/api/kernels/{id}/restart")))
+        .await;
+    assert_eq!(status, 200, "{m}");
+    check_model(&m);
+    let r = s.exec(&id, "print('x' in globals())").await;
+    assert_eq!(r["stdout"], "False\n", "{r}");
+
+    // Delete: 204, then 404 in Jupyter's error shape; its trace remains.
+    let resp = s
+        .req(Method::DELETE, &format!("/api/kernels/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let (status, v) = s
+        .call(s.req(Method::GET, &format!("/api/kernels/{id}")))
+        .await;
+    assert_eq!(status, 404);
+    check_error(&v);
+    let (status, _) = s
+        .call(s.req(Method::GET, &format!("/v1/sandboxes/{id}/notebook")))
+        .await;
+    assert_eq!(status, 200, "a kernel's executions are traced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_jupyter_errors() {
+    let s = Server::start_with(&["--max-sandboxes", "1"]);
+    for (method, path) in [
+        (Method::GET, "/api/kernels/not-a-uuid"),
+        (
+            Method::GET,
+            "/api/kernels/00000000-0000-0000-0000-000000000000",
+        ),
+        (
+            Method::DELETE,
+            "/api/kernels/00000000-0000-0000-0000-000000000000",
+        ),
+        (
+            Method::POST,
+            "/api/kernels/00000000-0000-0000-0000-000000000000/interrupt",
+        ),
+        (Method::GET, "/api/sessions/nope"),
+        (Method::GET, "/api/nothing-here"),
+    ] {
+        let (status, v) = s.call(s.req(method.clone(), path)).await;
+        assert_eq!(status, 404, "{method} {path}: {v}");
+        check_error(&v);
+    }
+    let (status, v) = s
+        .call(s.req(Method::POST, "/api/kernels").body("{not json"))
+        .await;
+    assert_eq!(status, 400, "{v}");
+    check_error(&v);
+    let (status, v) = s
+        .call(
+            s.req(Method::POST, "/api/kernels")
+                .json(&json!({"name": "julia"})),
+        )
+        .await;
+    assert_eq!(status, 404, "{v}");
+    let (status, _) = s.call(s.req(Method::POST, "/api/kernels")).await;
+    assert_eq!(status, 201, "an empty body starts the default kernel");
+    let (status, v) = s.call(s.req(Method::POST, "/api/kernels")).await;
+    assert_eq!(status, 429, "max kernels is --max-sandboxes: {v}");
+    check_error(&v);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_bind_a_path_to_a_kernel() {
+    let s = Server::start();
+    let (status, sess) = s
+        .call(
+            s.req(Method::POST, "/api/sessions").json(
+                &json!({"path": "a.ipynb", "type": "notebook", "kernel": {"name": "python3"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{sess}");
+    check_model(&sess["kernel"]);
+    let sid = sess["id"].as_str().unwrap().to_owned();
+    let kid = sess["kernel"]["id"].as_str().unwrap().to_owned();
+    let (_, list) = s.call(s.req(Method::GET, "/api/sessions")).await;
+    assert_eq!(list[0]["id"], sid.as_str());
+    assert_eq!(list[0]["path"], "a.ipynb");
+    let (status, one) = s
+        .call(s.req(Method::GET, &format!("/api/sessions/{sid}")))
+        .await;
+    assert_eq!((status, &one["kernel"]["id"]), (200, &json!(kid)));
+    // A second session on the same kernel.
+    let (status, two) = s
+        .call(
+            s.req(Method::POST, "/api/sessions")
+                .json(&json!({"path": "b.ipynb", "kernel": {"id": kid}})),
+        )
+        .await;
+    assert_eq!((status, &two["kernel"]["id"]), (201, &json!(kid)));
+    let resp = s
+        .req(Method::DELETE, &format!("/api/sessions/{sid}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let (status, _) = s
+        .call(s.req(Method::GET, &format!("/api/kernels/{kid}")))
+        .await;
+    assert_eq!(status, 404, "deleting a session shuts its kernel down");
+    let (_, list) = s.call(s.req(Method::GET, "/api/sessions")).await;
+    assert_eq!(list, json!([]), "the other session went with the kernel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_is_accepted_in_every_jupyter_form() {
+    let s = Server::start_with(&["--api-key", "k3y"]);
+    let anon = reqwest::Client::new();
+    let url = |p: &str| format!("{}{p}", s.base);
+    let r = anon.get(url("/api/kernels")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    check_error(&r.json().await.unwrap());
+    let r = anon
+        .get(url("/api/kernels"))
+        .header("authorization", "token wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    for auth in ["token k3y", "Token k3y", "Bearer k3y"] {
+        let r = anon
+            .get(url("/api/kernels"))
+            .header("authorization", auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{auth}");
+    }
+    let r = anon
+        .get(url("/api/kernels?token=k3y"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // The same forms work for /v1.
+    let r = anon
+        .get(url("/v1/sandboxes?token=k3y"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = anon
+        .get(url("/v1/sandboxes"))
+        .header("authorization", "token k3y")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = anon.get(url("/v1/sandboxes")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+}
