@@ -384,8 +384,16 @@ pub async fn list(
     let sandbox = match state.manager.get(sid) {
         Ok(s) => s,
         Err(_) => {
-            // A deleted sandbox: its trace.
-            let (_, execs) = super::traces::stored(&state, sid).await?;
+            // A deleted sandbox: its trace (summaries, without results).
+            let s = sid.to_string();
+            let execs = super::traces::blocking(&state, move |store| {
+                Ok(match store.sandbox(&s)? {
+                    Some(_) => Some(store.execution_summaries(&s)?),
+                    None => None,
+                })
+            })
+            .await?
+            .ok_or_else(|| super::traces::no_sandbox(sid))?;
             let views: Vec<_> = execs
                 .iter()
                 .filter(|e| q.state.is_none_or(|s| e.state == state_name(s)))

@@ -88,9 +88,38 @@ fn presented_key(req: &Request) -> Option<String> {
             q.split('&')
                 .filter_map(|kv| kv.split_once('='))
                 .find(|(k, _)| *k == "token")
-                .map(|(_, v)| v.to_owned())
+                .map(|(_, v)| percent_decode(v))
         })
     })
+}
+
+/// Decodes `%XX` escapes (and `+` as a space) of a query value.
+fn percent_decode(v: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(hi * 16 + lo);
+                i += 3;
+            }
+            (b'+', ..) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, ..) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Checks the API key, when the server has one, in constant time.
@@ -256,5 +285,18 @@ where
                 "internal error",
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_tokens_are_decoded_without_panicking() {
+        use super::percent_decode as d;
+        assert_eq!(d("a%2Fb+c"), "a/b c");
+        assert_eq!(d("%"), "%");
+        assert_eq!(d("%a"), "%a");
+        assert_eq!(d("%aé"), "%aé");
+        assert_eq!(d("%zz"), "%zz");
     }
 }

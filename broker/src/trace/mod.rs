@@ -349,7 +349,15 @@ impl Store {
 
     /// A sandbox's executions in submission order, results with blobs put back.
     pub fn executions(&self, sandbox_id: &str) -> Result<Vec<StoredExecution>, TraceError> {
-        self.query_executions("WHERE sandbox_id = ?1 ORDER BY ordinal", sandbox_id)
+        self.query_executions("WHERE sandbox_id = ?1 ORDER BY ordinal", sandbox_id, true)
+    }
+
+    /// A sandbox's executions without their results, for lists.
+    pub fn execution_summaries(
+        &self,
+        sandbox_id: &str,
+    ) -> Result<Vec<StoredExecution>, TraceError> {
+        self.query_executions("WHERE sandbox_id = ?1 ORDER BY ordinal", sandbox_id, false)
     }
 
     /// One execution of a sandbox.
@@ -361,6 +369,7 @@ impl Store {
         let all = self.query_executions(
             "WHERE sandbox_id = ?1 AND id = ?2",
             &format!("{sandbox_id}\u{0}{id}"),
+            true,
         )?;
         Ok(all.into_iter().next())
     }
@@ -369,10 +378,12 @@ impl Store {
         &self,
         filter: &str,
         key: &str,
+        with_results: bool,
     ) -> Result<Vec<StoredExecution>, TraceError> {
         let conn = self.lock();
+        let result = if with_results { "result" } else { "NULL" };
         let mut stmt = conn.prepare(&format!(
-            "SELECT id, code, state, status, execution_count, created_at, started_at, finished_at, duration_ms, result
+            "SELECT id, code, state, status, execution_count, created_at, started_at, finished_at, duration_ms, {result}
              FROM executions {filter}"
         ))?;
         let map = |r: &rusqlite::Row<'_>| {
