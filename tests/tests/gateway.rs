@@ -302,3 +302,110 @@ async fn the_api_key_is_accepted_in_every_jupyter_form() {
     let r = anon.get(url("/v1/sandboxes")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
 }
+
+/// The workspace's tests/scripts directory.
+fn script(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kernel_websocket_speaks_jupyter() {
+    let s = Server::start();
+    let base = s.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(cellblock_tests::tools().join("python"))
+            .arg(script("kernel_websocket.py"))
+            .arg(&base)
+            .output()
+            .expect("running the websocket client")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let kid = stdout
+        .trim()
+        .strip_prefix("ok ")
+        .expect("the script's last line");
+    // Everything ran in a traced sandbox.
+    let (status, nb) = s
+        .call(s.req(Method::GET, &format!("/v1/sandboxes/{kid}/notebook")))
+        .await;
+    assert_eq!(status, 200);
+    let sources: Vec<&str> = nb["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["source"].as_str())
+        .collect();
+    assert!(sources.contains(&"x = 5\nprint('hi', x)"), "{sources:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nbconvert_executes_through_the_gateway_kernel_manager() {
+    let s = Server::start();
+    let dir = cellblock_tests::TempDir::new();
+    let nb = json!({"nbformat": 4, "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "cells": [
+            {"cell_type": "code", "id": "c1", "metadata": {}, "execution_count": null, "outputs": [],
+             "source": "import os\nprint(os.getuid(), os.environ['HOME'], os.path.exists('/sys'))"},
+            {"cell_type": "code", "id": "c2", "metadata": {}, "execution_count": null, "outputs": [],
+             "source": "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()"},
+            {"cell_type": "code", "id": "c3", "metadata": {}, "execution_count": null, "outputs": [],
+             "source": "6 * 7"}]});
+    let input = dir.0.join("in.ipynb");
+    std::fs::write(&input, nb.to_string()).unwrap();
+    let output = dir.0.join("out.ipynb");
+    let (base, inp, outp, cwd) = (s.base.clone(), input.clone(), output.clone(), dir.0.clone());
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(cellblock_tests::tools().join("jupyter"))
+            .args(["nbconvert", "--to", "notebook", "--execute"])
+            .arg("--ExecutePreprocessor.kernel_manager_class=jupyter_server.gateway.managers.GatewayKernelManager")
+            .arg("--output")
+            .arg(&outp)
+            .arg(&inp)
+            .env("JUPYTER_GATEWAY_URL", &base)
+            .current_dir(&cwd)
+            .output()
+            .expect("running nbconvert")
+    })
+    .await
+    .unwrap();
+    assert!(
+        run.status.success(),
+        "nbconvert failed:\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let done: Value = serde_json::from_slice(&std::fs::read(&output).unwrap()).unwrap();
+    let cells = done["cells"].as_array().unwrap();
+    // It really ran in a sandbox: uid 1000, home /home/user, no /sys.
+    let text = |v: &Value| cellblock_tests::nb_text(v);
+    assert_eq!(
+        text(&cells[0]["outputs"][0]["text"]),
+        "1000 /home/user False\n",
+        "{}",
+        cells[0]
+    );
+    assert!(
+        cells[1]["outputs"][0]["data"]["image/png"].is_string(),
+        "{}",
+        cells[1]
+    );
+    assert_eq!(
+        text(&cells[2]["outputs"][0]["data"]["text/plain"]),
+        "42",
+        "{}",
+        cells[2]
+    );
+    // nbconvert deleted its kernel; the session is in the trace.
+    let (_, v) = s.call(s.req(Method::GET, "/v1/sandboxes")).await;
+    assert_eq!(v["sandboxes"], json!([]), "the kernel was shut down: {v}");
+}

@@ -142,6 +142,9 @@ pub async fn execute(
         allow_stdin: req.allow_stdin.unwrap_or(true),
         input_timeout,
         limits: output_limits(req.output_limits, cfg.output_limits)?,
+        mirror: None,
+        silent: false,
+        store_history: true,
     };
     let (record, handle) = sandbox.submit(opts)?;
     if !req.wait.unwrap_or(true) {

@@ -9,7 +9,7 @@
 //! Errors have Jupyter's shape, `{"reason", "message"}`. Auth is the `/v1`
 //! key, as `Authorization: token K`, `Authorization: Bearer K` or `?token=K`.
 //!
-//! Not here yet: the `/api/kernels/{id}/channels` websocket (issue #7).
+//! The websocket, `/api/kernels/{id}/channels`, is in [`super::channels`].
 
 use super::sandboxes::validate_env;
 use super::{check_key, AppState};
@@ -133,7 +133,7 @@ fn kernel_id(raw: &str) -> Result<SandboxId, GwError> {
         .map_err(|_| not_found(&format!("kernel does not exist: {raw}")))
 }
 
-fn kernel(state: &AppState, raw: &str) -> Result<Arc<Sandbox>, GwError> {
+pub(super) fn kernel(state: &AppState, raw: &str) -> Result<Arc<Sandbox>, GwError> {
     let id = kernel_id(raw)?;
     state
         .manager

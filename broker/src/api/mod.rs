@@ -9,8 +9,10 @@
 //! - [`traces`]: notebook export and the full trace.
 //! - [`replay`]: replaying notebooks and recorded sessions in fresh sandboxes.
 //! - [`gateway`]: the Jupyter kernels REST API (`/api`), for Jupyter clients.
+//! - [`channels`]: the Jupyter kernel websocket.
 
 pub mod body;
+pub mod channels;
 pub mod error;
 pub mod executions;
 pub mod files;
@@ -234,6 +236,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             get(gateway::get_one).delete(gateway::delete),
         )
         .route("/kernels/{id}/interrupt", post(gateway::interrupt))
+        .route("/kernels/{id}/channels", get(channels::channels))
         .route("/kernels/{id}/restart", post(gateway::restart))
         .route(
             "/sessions",

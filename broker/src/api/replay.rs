@@ -213,6 +213,9 @@ async fn replay_cells(
             allow_stdin: false,
             input_timeout: Duration::from_secs(1),
             limits: manager.config().output_limits,
+            mirror: None,
+            silent: false,
+            store_history: true,
         };
         let (record, handle) = sandbox.submit(opts)?;
         let raw = handle.await.ok();

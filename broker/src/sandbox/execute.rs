@@ -23,7 +23,7 @@ use crate::isolation;
 use crate::isolation::beneath::Kind;
 use crate::trace::{blob_outputs, Finished};
 use cellblock_protocol::client::{Execution, ExecutionEvent, KernelClient};
-use cellblock_protocol::message::{Content, ErrorContent, ExecuteRequest};
+use cellblock_protocol::message::{Channel, Content, ErrorContent, ExecuteRequest, Message};
 use cellblock_protocol::outputs::{Dropped, Output, OutputLimits, Segment};
 use futures_util::FutureExt;
 use nix::sys::signal::Signal;
@@ -171,6 +171,11 @@ pub struct ExecuteOptions {
     /// How long an `input()` waits for an answer before it is interrupted.
     pub input_timeout: Duration,
     pub limits: OutputLimits,
+    /// Raw kernel messages go here too (a Jupyter websocket client).
+    pub mirror: Option<super::record::Mirror>,
+    /// `silent` and `store_history` as a Jupyter client asked.
+    pub silent: bool,
+    pub store_history: bool,
 }
 
 impl ExecutionResult {
@@ -260,8 +265,14 @@ impl Driver<'_> {
                             isolation::signal_group(self.pid, Signal::SIGINT);
                         }
                         self.record.apply_iopub(&m);
+                        self.record.mirror(Channel::Iopub, &m).await;
+                    }
+                    Some(ExecutionEvent::Reply(r)) => {
+                        let reply = Message::new(Content::ExecuteReply(r), "", "kernel");
+                        self.record.mirror(Channel::Shell, &reply).await;
                     }
                     Some(ExecutionEvent::InputRequest(m)) => {
+                        self.record.mirror(Channel::Stdin, &m).await;
                         if let Content::InputRequest(req) = &m.content {
                             self.record.input_requested(req);
                             self.input_deadline =
@@ -329,6 +340,7 @@ impl Sandbox {
         let record =
             ExecutionRecord::new(self.id, &opts.code, opts.limits, self.cfg.event_log_bytes);
         self.records().insert(record.clone());
+        record.set_mirror(opts.mirror.clone());
         // In the trace before the client hears of it.
         let ordinal = self.submitted.fetch_add(1, Ordering::SeqCst);
         self.trace(|s| {
@@ -441,6 +453,8 @@ impl Sandbox {
         let mut input_timed_out = false;
         let mut request = ExecuteRequest::new(opts.code);
         request.allow_stdin = opts.allow_stdin;
+        request.silent = opts.silent;
+        request.store_history = opts.store_history && !opts.silent;
         match kernel.client.execute(request).await {
             Ok(mut exec) => {
                 let mut d = Driver {
@@ -588,4 +602,45 @@ fn deleted_error() -> Option<ErrorContent> {
         "SandboxDeleted",
         "the sandbox was deleted (or the server stopped) before the execution ended",
     )
+}
+
+impl Sandbox {
+    /// Sends a Jupyter client's request that is not an execution
+    /// (`kernel_info`, `complete`, `inspect`, `comm_*`, …) to the kernel, in
+    /// FIFO order with executions, and mirrors every message parented by it
+    /// until its reply and `idle` arrived (or 30 s passed).
+    pub async fn forward_request(
+        self: &Arc<Self>,
+        channel: Channel,
+        content: Content,
+        mirror: super::record::Mirror,
+    ) -> Result<(), SandboxError> {
+        let mut rt = self.runtime.lock().await;
+        if self.deleted.load(Ordering::SeqCst) {
+            return Err(SandboxError::Deleted);
+        }
+        if rt.kernel.as_ref().is_none_or(|k| k.has_exited()) {
+            self.replace_kernel(&mut rt).await?;
+        }
+        let kernel = rt.kernel.as_ref().ok_or(SandboxError::NotRunning)?;
+        let mut sub = kernel
+            .client
+            .request(channel, content)
+            .await
+            .map_err(|_| SandboxError::NotRunning)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let (mut replied, mut idle) = (false, false);
+        while !(replied && idle) {
+            let Ok(Some((ch, msg))) = tokio::time::timeout_at(deadline, sub.recv()).await else {
+                break;
+            };
+            replied |= ch == channel && msg.msg_type().ends_with("_reply");
+            idle |= matches!(&msg.content, Content::Status(s) if s.execution_state == "idle");
+            if mirror.tx.send((mirror.tag.clone(), ch, msg)).await.is_err() {
+                break;
+            }
+        }
+        self.touch();
+        Ok(())
+    }
 }

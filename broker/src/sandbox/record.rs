@@ -20,7 +20,7 @@
 use super::execute::{ExecStatus, ExecutionResult};
 use super::{ExecutionId, SandboxId};
 use bytes::Bytes;
-use cellblock_protocol::message::{iso8601, Content, InputRequest, Message};
+use cellblock_protocol::message::{iso8601, Channel, Content, InputRequest, Message};
 use cellblock_protocol::outputs::{OutputCollector, OutputLimits, Outputs};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -29,6 +29,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 use tokio::sync::{mpsc, watch};
+
+/// Raw kernel messages of one execution, for a Jupyter websocket client:
+/// each comes with `tag` (the client's own request header).
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    pub tx: mpsc::Sender<Mirrored>,
+    pub tag: serde_json::Value,
+}
+
+/// A mirrored message: the tag, the channel and the message.
+pub type Mirrored = (serde_json::Value, Channel, Message);
 
 /// Where an execution is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -126,6 +137,7 @@ pub struct ExecutionRecord {
     interrupt: AtomicBool,
     /// An interrupt was asked for at some point.
     interrupted: AtomicBool,
+    mirror: Mutex<Option<Mirror>>,
 }
 
 /// Why an input answer was refused.
@@ -192,6 +204,7 @@ impl ExecutionRecord {
             began: AtomicBool::new(false),
             interrupt: AtomicBool::new(false),
             interrupted: AtomicBool::new(false),
+            mirror: Mutex::new(None),
         })
     }
 
@@ -201,6 +214,24 @@ impl ExecutionRecord {
 
     fn bump(&self) {
         self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Sends every raw kernel message of this execution to `mirror` too.
+    pub fn set_mirror(&self, mirror: Option<Mirror>) {
+        *self.mirror.lock().unwrap_or_else(|e| e.into_inner()) = mirror;
+    }
+
+    /// Passes a raw message to the mirror, if any; waits for room, so a
+    /// slow client slows the kernel rather than losing output.
+    pub async fn mirror(&self, channel: Channel, msg: &Message) {
+        let mirror = self
+            .mirror
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(m) = mirror {
+            let _ = m.tx.send((m.tag, channel, msg.clone())).await;
+        }
     }
 
     /// When it began running, if it did.
@@ -427,6 +458,7 @@ impl ExecutionRecord {
         inner.finished_at = Some(at);
         inner.collector = None;
         inner.input_pending = None;
+        self.set_mirror(None);
         inner.summary = Some(Summary {
             status: result.status,
             execution_count: result.execution_count,

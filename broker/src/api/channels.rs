@@ -1,0 +1,250 @@
+//! The Jupyter kernel websocket, `/api/kernels/{id}/channels`, in the legacy
+//! JSON framing (`{"header", "parent_header", "metadata", "content",
+//! "buffers", "channel", "msg_id", "msg_type"}` per text frame).
+//!
+//! The client speaks to the kernel as it would to any Jupyter kernel, but
+//! through cellblock:
+//! - `execute_request` becomes a cellblock execution (the sandbox's FIFO,
+//!   limits, timeouts and trace); every raw message of it (iopub,
+//!   `input_request`, `execute_reply`) is sent back with the client's own
+//!   request as `parent_header`; `input_reply` answers the waiting `input()`;
+//! - `interrupt_request` interrupts the running cell; `shutdown_request` is
+//!   answered (with `restart: true` the kernel restarts), the kernel is only
+//!   shut down through `DELETE /api/kernels/{id}`;
+//! - anything else on shell or control is forwarded in order with executions,
+//!   and its replies come back re-parented the same way.
+//!
+//! Tolerated as DESIGN §5 says: no `channel` (shell), a float or missing
+//! `date`, `buffers: {}`. A frame that is not JSON, names an unknown channel
+//! or is larger than the body limit closes that connection with a reason
+//! (close code 1008 or 1009); the kernel and other connections live on.
+//! Not yet: the `v1.kernel.websocket.jupyter.org` binary framing, binary
+//! buffers, replaying messages to a reconnecting session.
+
+use super::gateway::{kernel, GwError};
+use super::AppState;
+use crate::sandbox::execute::ExecuteOptions;
+use crate::sandbox::record::{Mirror, Mirrored, State as ExecState};
+use crate::sandbox::Sandbox;
+use axum::extract::ws::{CloseFrame, Message as Ws, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::response::Response;
+use cellblock_protocol::message::{Channel, Content, Header, Message};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// `GET /api/kernels/{id}/channels`: upgrades to the kernel websocket.
+pub async fn channels(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, GwError> {
+    let sandbox = kernel(&state, &id)?;
+    let max = state.manager.config().max_body_bytes;
+    Ok(ws
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| serve(socket, state, sandbox)))
+}
+
+/// Why a connection is closed.
+struct Refusal(u16, String);
+
+fn channel_of(name: Option<&str>) -> Result<Channel, Refusal> {
+    Ok(match name.unwrap_or("shell") {
+        "shell" => Channel::Shell,
+        "control" => Channel::Control,
+        "stdin" => Channel::Stdin,
+        other => return Err(Refusal(1008, format!("unknown channel {other:?}"))),
+    })
+}
+
+fn channel_name(c: Channel) -> &'static str {
+    match c {
+        Channel::Shell => "shell",
+        Channel::Control => "control",
+        Channel::Stdin => "stdin",
+        Channel::Iopub => "iopub",
+    }
+}
+
+/// A kernel message as a legacy websocket frame, parented to `parent`.
+fn frame(parent: &Value, channel: Channel, msg: &Message) -> String {
+    json!({
+        "header": msg.header,
+        "msg_id": msg.header.msg_id,
+        "msg_type": msg.header.msg_type,
+        "parent_header": parent,
+        "metadata": msg.metadata,
+        "content": msg.content.to_value(),
+        "buffers": [],
+        "channel": channel_name(channel),
+    })
+    .to_string()
+}
+
+async fn serve(mut socket: WebSocket, state: AppState, sandbox: Arc<Sandbox>) {
+    // Everything for this client goes through one queue, in order.
+    let (tx, mut rx) = mpsc::channel::<Mirrored>(256);
+    loop {
+        tokio::select! {
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Ws::Text(text))) => {
+                    if let Err(Refusal(code, reason)) =
+                        handle(text.as_str(), &state, &sandbox, &tx).await
+                    {
+                        tracing::info!(sandbox_id = %sandbox.id, %reason, "closing a kernel websocket");
+                        let _ = socket
+                            .send(Ws::Close(Some(CloseFrame { code, reason: reason.into() })))
+                            .await;
+                        return;
+                    }
+                }
+                Some(Ok(Ws::Binary(_))) => {
+                    let reason = "binary frames (the v1 subprotocol) are not supported yet";
+                    let _ = socket
+                        .send(Ws::Close(Some(CloseFrame { code: 1003, reason: reason.into() })))
+                        .await;
+                    return;
+                }
+                Some(Ok(Ws::Close(_))) | None => return,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::info!(sandbox_id = %sandbox.id, error = %e, "kernel websocket error");
+                    let _ = socket
+                        .send(Ws::Close(Some(CloseFrame { code: 1009, reason: e.to_string().into() })))
+                        .await;
+                    return;
+                }
+            },
+            Some((parent, channel, msg)) = rx.recv() => {
+                if socket.send(Ws::Text(frame(&parent, channel, &msg).into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Reads the header leniently: a missing `date`, a float `date`, missing
+/// optional fields are all fine; `msg_id` and `msg_type` are required.
+fn header_of(v: &Value) -> Result<Header, Refusal> {
+    let bad = |what: &str| Refusal(1008, format!("the message has no {what}"));
+    let msg_id = v["header"]["msg_id"]
+        .as_str()
+        .or_else(|| v["msg_id"].as_str())
+        .ok_or_else(|| bad("header.msg_id"))?;
+    let msg_type = v["header"]["msg_type"]
+        .as_str()
+        .or_else(|| v["msg_type"].as_str())
+        .ok_or_else(|| bad("header.msg_type"))?;
+    let mut h = Header::new(msg_type, "", "");
+    h.msg_id = msg_id.to_owned();
+    h.session = v["header"]["session"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    h.username = v["header"]["username"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    Ok(h)
+}
+
+/// A reply the bridge makes itself.
+fn reply(msg_type: &str, content: Value) -> Message {
+    let content =
+        Content::decode(msg_type, content.to_string().as_bytes()).unwrap_or(Content::Unknown {
+            msg_type: msg_type.to_owned(),
+            content,
+        });
+    Message::new(content, "", "kernel")
+}
+
+async fn handle(
+    text: &str,
+    state: &AppState,
+    sandbox: &Arc<Sandbox>,
+    tx: &mpsc::Sender<Mirrored>,
+) -> Result<(), Refusal> {
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| Refusal(1008, format!("not JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(Refusal(1008, "a message must be a JSON object".into()));
+    }
+    let channel = channel_of(v["channel"].as_str())?;
+    let header = header_of(&v)?;
+    let tag = serde_json::to_value(&header).unwrap_or_default();
+    let content = v.get("content").cloned().unwrap_or_else(|| json!({}));
+    let mirror = Mirror {
+        tx: tx.clone(),
+        tag: tag.clone(),
+    };
+    let answer = |m: Message| {
+        let tx = tx.clone();
+        let tag = tag.clone();
+        async move {
+            let _ = tx.send((tag, channel, m)).await;
+        }
+    };
+    match (channel, header.msg_type.as_str()) {
+        (Channel::Shell, "execute_request") => {
+            let code = content["code"].as_str().unwrap_or_default().to_owned();
+            let cfg = state.manager.config();
+            let opts = ExecuteOptions {
+                code,
+                // A Jupyter client sets no timeout: the server's largest.
+                timeout: cfg.max_timeout,
+                allow_stdin: content["allow_stdin"].as_bool().unwrap_or(false),
+                input_timeout: cfg.max_timeout,
+                limits: cfg.output_limits,
+                mirror: Some(mirror),
+                silent: content["silent"].as_bool().unwrap_or(false),
+                store_history: content["store_history"].as_bool().unwrap_or(true),
+            };
+            if let Err(e) = sandbox.submit(opts) {
+                let r = json!({"status": "error", "ename": "CellblockError", "evalue": e.to_string(), "traceback": [], "execution_count": null});
+                answer(reply("execute_reply", r)).await;
+            }
+        }
+        (Channel::Stdin, "input_reply") => {
+            let value = content["value"].as_str().unwrap_or_default().to_owned();
+            let waiting = sandbox.records().running();
+            if let Some(r) = waiting.filter(|r| r.state() == ExecState::Running) {
+                let _ = r.answer(value);
+            }
+        }
+        (_, "interrupt_request") => {
+            sandbox.interrupt();
+            answer(reply("interrupt_reply", json!({"status": "ok"}))).await;
+        }
+        (_, "shutdown_request") => {
+            let restart = content["restart"].as_bool().unwrap_or(false);
+            if restart {
+                let s = sandbox.clone();
+                let _ = tokio::spawn(async move { s.restart().await }).await;
+            }
+            answer(reply(
+                "shutdown_reply",
+                json!({"status": "ok", "restart": restart}),
+            ))
+            .await;
+        }
+        (Channel::Stdin, _) => {}
+        (_, msg_type) => {
+            let content = Content::decode(msg_type, content.to_string().as_bytes())
+                .map_err(|e| Refusal(1008, format!("bad content for {msg_type}: {e}")))?;
+            let s = sandbox.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(60),
+                    s.forward_request(channel, content, mirror),
+                )
+                .await;
+            });
+        }
+    }
+    Ok(())
+}
