@@ -12,15 +12,19 @@ def post(path, body=None):
 def msg(msg_type, content, channel="shell", session="s1"):
     h = {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "session": session, "username": "t", "version": "5.3", "date": 1.5}
     return {"header": h, "parent_header": {}, "metadata": {}, "content": content, "channel": channel, "buffers": {}}
-async def collect(ws, parent_id, until_idle=True, limit=20):
+async def collect(ws, parent_id, limit=20):
+    """Messages parented to a request until both its reply and idle came
+    (they arrive in either order)."""
     out = []
-    while True:
+    replied = idle = False
+    while not (replied and idle):
         m = json.loads(await asyncio.wait_for(ws.read_message(), limit))
         if m["parent_header"].get("msg_id") != parent_id:
             continue
         out.append(m)
-        if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
-            return out
+        replied |= m["msg_type"].endswith("_reply")
+        idle |= m["msg_type"] == "status" and m["content"]["execution_state"] == "idle"
+    return out
 async def main():
     st, k = post("/api/kernels", {"name": "python3"})
     kid = k["id"]
@@ -29,7 +33,7 @@ async def main():
     m = msg("kernel_info_request", {}); await ws.write_message(json.dumps(m))
     got = await collect(ws, m["header"]["msg_id"])
     assert [x["content"]["language_info"]["name"] for x in got if x["msg_type"] == "kernel_info_reply"] == ["python"], got
-    assert got[-1]["msg_type"] == "status" and got[-1]["channel"] == "iopub", got
+    assert any(x["msg_type"] == "status" and x["channel"] == "iopub" for x in got), got
     m = msg("execute_request", {"code": "x = 5\nprint('hi', x)", "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False, "stop_on_error": True})
     m.pop("channel")  # no channel: shell
     await ws.write_message(json.dumps(m))

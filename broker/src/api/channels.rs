@@ -182,12 +182,13 @@ async fn handle(
         tx: tx.clone(),
         tag: tag.clone(),
     };
+    // Replies the bridge makes go through the same queue, from a task: the
+    // loop that drains the queue is the one running this function.
     let answer = |m: Message| {
-        let tx = tx.clone();
-        let tag = tag.clone();
-        async move {
+        let (tx, tag) = (tx.clone(), tag.clone());
+        tokio::spawn(async move {
             let _ = tx.send((tag, channel, m)).await;
-        }
+        });
     };
     match (channel, header.msg_type.as_str()) {
         (Channel::Shell, "execute_request") => {
@@ -206,7 +207,7 @@ async fn handle(
             };
             if let Err(e) = sandbox.submit(opts) {
                 let r = json!({"status": "error", "ename": "CellblockError", "evalue": e.to_string(), "traceback": [], "execution_count": null});
-                answer(reply("execute_reply", r)).await;
+                answer(reply("execute_reply", r));
             }
         }
         (Channel::Stdin, "input_reply") => {
@@ -218,19 +219,21 @@ async fn handle(
         }
         (_, "interrupt_request") => {
             sandbox.interrupt();
-            answer(reply("interrupt_reply", json!({"status": "ok"}))).await;
+            answer(reply("interrupt_reply", json!({"status": "ok"})));
         }
         (_, "shutdown_request") => {
             let restart = content["restart"].as_bool().unwrap_or(false);
-            if restart {
-                let s = sandbox.clone();
-                let _ = tokio::spawn(async move { s.restart().await }).await;
-            }
-            answer(reply(
-                "shutdown_reply",
-                json!({"status": "ok", "restart": restart}),
-            ))
-            .await;
+            let (s, tx, tag) = (sandbox.clone(), tx.clone(), tag.clone());
+            tokio::spawn(async move {
+                if restart {
+                    let _ = s.restart().await;
+                }
+                let r = reply(
+                    "shutdown_reply",
+                    json!({"status": "ok", "restart": restart}),
+                );
+                let _ = tx.send((tag, channel, r)).await;
+            });
         }
         (Channel::Stdin, _) => {}
         (_, msg_type) => {

@@ -30,6 +30,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 use tokio::sync::{mpsc, watch};
 
+/// How long a mirrored client may leave messages unread.
+const MIRROR_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Raw kernel messages of one execution, for a Jupyter websocket client:
 /// each comes with `tag` (the client's own request header).
 #[derive(Debug, Clone)]
@@ -222,7 +225,9 @@ impl ExecutionRecord {
     }
 
     /// Passes a raw message to the mirror, if any; waits for room, so a
-    /// slow client slows the kernel rather than losing output.
+    /// slow client slows the kernel rather than losing output. A client that
+    /// reads nothing for [`MIRROR_STALL`] is dropped from this execution, so
+    /// it cannot hold the execution (and its timeout) hostage.
     pub async fn mirror(&self, channel: Channel, msg: &Message) {
         let mirror = self
             .mirror
@@ -230,7 +235,10 @@ impl ExecutionRecord {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         if let Some(m) = mirror {
-            let _ = m.tx.send((m.tag, channel, msg.clone())).await;
+            let sent = m.tx.send((m.tag, channel, msg.clone()));
+            if !matches!(tokio::time::timeout(MIRROR_STALL, sent).await, Ok(Ok(()))) {
+                self.set_mirror(None);
+            }
         }
     }
 
