@@ -12,6 +12,19 @@ def post(path, body=None):
 def msg(msg_type, content, channel="shell", session="s1"):
     h = {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "session": session, "username": "t", "version": "5.3", "date": 1.5}
     return {"header": h, "parent_header": {}, "metadata": {}, "content": content, "channel": channel, "buffers": {}}
+def v1_encode(channel, m):
+    parts = [json.dumps(m[k]).encode() for k in ("header", "parent_header", "metadata", "content")]
+    offsets = [8 * (1 + 2 + len(parts))]
+    offsets.append(offsets[-1] + len(channel))
+    for p in parts:
+        offsets.append(offsets[-1] + len(p))
+    head = len(offsets).to_bytes(8, "little") + b"".join(o.to_bytes(8, "little") for o in offsets)
+    return head + channel.encode() + b"".join(parts)
+def v1_decode(raw):
+    n = int.from_bytes(raw[:8], "little")
+    offs = [int.from_bytes(raw[8 * (i + 1): 8 * (i + 2)], "little") for i in range(n)]
+    parts = [raw[offs[i]: offs[i + 1]] for i in range(n - 1)]
+    return (parts[0].decode(), *[json.loads(p) for p in parts[1:5]])
 async def collect(ws, parent_id, limit=20):
     """Messages parented to a request until both its reply and idle came
     (they arrive in either order)."""
@@ -82,5 +95,30 @@ async def main():
     await ws3.write_message(json.dumps(m))
     got = await collect(ws3, m["header"]["msg_id"])
     assert [x["content"]["text"] for x in got if x["msg_type"] == "stream"] == ["2\n"], got
+    # The v1 binary subprotocol, when the client offers it.
+    V1 = "v1.kernel.websocket.jupyter.org"
+    wv = await websocket_connect(ws_url, subprotocols=[V1])
+    assert wv.selected_subprotocol == V1, wv.selected_subprotocol
+    m = msg("execute_request", {"code": "print('v1', 6 * 7)", "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False, "stop_on_error": True})
+    await wv.write_message(v1_encode("shell", m), binary=True)
+    got = []
+    replied = idle = False
+    while not (replied and idle):
+        raw = await asyncio.wait_for(wv.read_message(), 20)
+        assert isinstance(raw, bytes), raw
+        channel, header, parent, metadata, content = v1_decode(raw)
+        if parent.get("msg_id") != m["header"]["msg_id"]:
+            continue
+        got.append((channel, header["msg_type"], content))
+        replied |= header["msg_type"] == "execute_reply"
+        idle |= header["msg_type"] == "status" and content["execution_state"] == "idle"
+    assert [c["text"] for _, t, c in got if t == "stream"] == ["v1 42\n"], got
+    assert ("shell", "execute_reply") in [(ch, t) for ch, t, _ in got], got
+    # A bad offset table closes that connection with a reason.
+    bad = bytearray(v1_encode("shell", m))
+    bad[16:24] = (10**9).to_bytes(8, "little")
+    await wv.write_message(bytes(bad), binary=True)
+    r = await wv.read_message()
+    assert r is None and wv.close_code == 1008 and "bad v1 frame" in wv.close_reason, (r, wv.close_code, wv.close_reason)
     print("ok", kid)
 asyncio.run(main())

@@ -1,6 +1,7 @@
 //! The Jupyter kernel websocket, `/api/kernels/{id}/channels`, in the legacy
 //! JSON framing (`{"header", "parent_header", "metadata", "content",
-//! "buffers", "channel", "msg_id", "msg_type"}` per text frame).
+//! "buffers", "channel", "msg_id", "msg_type"}` per text frame) or the v1
+//! binary framing.
 //!
 //! The client speaks to the kernel as it would to any Jupyter kernel, but
 //! through cellblock:
@@ -18,8 +19,10 @@
 //! `date`, `buffers: {}`. A frame that is not JSON, names an unknown channel
 //! or is larger than the body limit closes that connection with a reason
 //! (close code 1008 or 1009); the kernel and other connections live on.
-//! Not yet: the `v1.kernel.websocket.jupyter.org` binary framing, binary
-//! buffers, replaying messages to a reconnecting session.
+//! With the `v1.kernel.websocket.jupyter.org` subprotocol (chosen when the
+//! client offers it) frames are binary: an offset table, the channel, then
+//! the four message parts; every offset is checked before it is used.
+//! Not yet: binary buffers, replaying messages to a reconnecting session.
 
 use super::gateway::{kernel, GwError};
 use super::AppState;
@@ -44,6 +47,7 @@ pub async fn channels(
     let sandbox = kernel(&state, &id)?;
     let max = state.manager.config().max_body_bytes;
     Ok(ws
+        .protocols([V1])
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| serve(socket, state, sandbox)))
@@ -70,9 +74,22 @@ fn channel_name(c: Channel) -> &'static str {
     }
 }
 
-/// A kernel message as a legacy websocket frame, parented to `parent`.
-fn frame(parent: &Value, channel: Channel, msg: &Message) -> String {
-    json!({
+/// The binary subprotocol Jupyter clients offer.
+const V1: &str = "v1.kernel.websocket.jupyter.org";
+
+/// A kernel message as a websocket frame, parented to `parent`: legacy JSON
+/// text, or with `v1`, the binary framing.
+fn frame(v1: bool, parent: &Value, channel: Channel, msg: &Message) -> Ws {
+    if v1 {
+        let parts = [
+            serde_json::to_vec(&msg.header).unwrap_or_default(),
+            serde_json::to_vec(parent).unwrap_or_default(),
+            serde_json::to_vec(&msg.metadata).unwrap_or_default(),
+            msg.content.to_json_bytes(),
+        ];
+        return Ws::Binary(v1_encode(channel_name(channel), &parts).into());
+    }
+    let text = json!({
         "header": msg.header,
         "msg_id": msg.header.msg_id,
         "msg_type": msg.header.msg_type,
@@ -82,45 +99,103 @@ fn frame(parent: &Value, channel: Channel, msg: &Message) -> String {
         "buffers": [],
         "channel": channel_name(channel),
     })
-    .to_string()
+    .to_string();
+    Ws::Text(text.into())
+}
+
+/// The v1 framing: a little-endian u64 count of offsets, the offsets (u64,
+/// from the frame's start: the channel's start, then the end of the channel
+/// and of each part), the channel name, then header, parent header,
+/// metadata, content and buffers.
+fn v1_encode(channel: &str, parts: &[Vec<u8>]) -> Vec<u8> {
+    let count = parts.len() + 2;
+    let mut offsets = Vec::with_capacity(count);
+    offsets.push(8 * (count + 1));
+    offsets.push(offsets[0] + channel.len());
+    for p in parts {
+        let last = offsets[offsets.len() - 1];
+        offsets.push(last + p.len());
+    }
+    let mut out = Vec::with_capacity(offsets[count - 1]);
+    out.extend_from_slice(&(count as u64).to_le_bytes());
+    for o in &offsets {
+        out.extend_from_slice(&(*o as u64).to_le_bytes());
+    }
+    out.extend_from_slice(channel.as_bytes());
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// Reads a v1 frame into the legacy message shape; every offset is checked.
+fn v1_decode(frame: &[u8]) -> Result<Value, Refusal> {
+    let bad = |why: &str| Refusal(1008, format!("bad v1 frame: {why}"));
+    let word = |i: usize| -> Result<usize, Refusal> {
+        let b = frame
+            .get(8 * i..8 * i + 8)
+            .ok_or_else(|| bad("truncated offset table"))?;
+        let n = u64::from_le_bytes(b.try_into().map_err(|_| bad("truncated offset table"))?);
+        usize::try_from(n).map_err(|_| bad("offset out of range"))
+    };
+    let count = word(0)?;
+    if !(6..=1024).contains(&count) {
+        return Err(bad("it needs a channel and the four message parts"));
+    }
+    let offsets = (1..=count).map(word).collect::<Result<Vec<_>, _>>()?;
+    if offsets[0] != 8 * (count + 1)
+        || offsets.windows(2).any(|w| w[0] > w[1])
+        || offsets[count - 1] > frame.len()
+    {
+        return Err(bad("offsets out of order or past the end"));
+    }
+    let part = |i: usize| &frame[offsets[i]..offsets[i + 1]];
+    let json = |i: usize, what: &str| -> Result<Value, Refusal> {
+        serde_json::from_slice(part(i)).map_err(|e| bad(&format!("{what} is not JSON: {e}")))
+    };
+    let channel = std::str::from_utf8(part(0)).map_err(|_| bad("the channel is not UTF-8"))?;
+    Ok(json!({
+        "channel": channel,
+        "header": json(1, "header")?,
+        "parent_header": json(2, "parent_header")?,
+        "metadata": json(3, "metadata")?,
+        "content": json(4, "content")?,
+    }))
 }
 
 async fn serve(mut socket: WebSocket, state: AppState, sandbox: Arc<Sandbox>) {
+    let v1 = socket
+        .protocol()
+        .is_some_and(|p| p.as_bytes() == V1.as_bytes());
     // Everything for this client goes through one queue, in order.
     let (tx, mut rx) = mpsc::channel::<Mirrored>(256);
     loop {
         tokio::select! {
-            incoming = socket.recv() => match incoming {
-                Some(Ok(Ws::Text(text))) => {
-                    if let Err(Refusal(code, reason)) =
-                        handle(text.as_str(), &state, &sandbox, &tx).await
-                    {
-                        tracing::info!(sandbox_id = %sandbox.id, %reason, "closing a kernel websocket");
-                        let _ = socket
-                            .send(Ws::Close(Some(CloseFrame { code, reason: reason.into() })))
-                            .await;
-                        return;
-                    }
-                }
-                Some(Ok(Ws::Binary(_))) => {
-                    let reason = "binary frames (the v1 subprotocol) are not supported yet";
+            incoming = socket.recv() => {
+                let parsed = match incoming {
+                    Some(Ok(Ws::Text(text))) if !v1 => serde_json::from_str::<Value>(text.as_str())
+                        .map_err(|e| Refusal(1008, format!("not JSON: {e}"))),
+                    Some(Ok(Ws::Binary(bytes))) if v1 => v1_decode(&bytes),
+                    Some(Ok(Ws::Text(_))) => Err(Refusal(1003, "this connection uses the v1 binary framing".into())),
+                    Some(Ok(Ws::Binary(_))) => Err(Refusal(1003, "binary frames need the v1.kernel.websocket.jupyter.org subprotocol".into())),
+                    Some(Ok(Ws::Close(_))) | None => return,
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => Err(Refusal(1009, e.to_string())),
+                };
+                let handled = match parsed {
+                    Ok(v) => handle(v, &state, &sandbox, &tx).await,
+                    Err(r) => Err(r),
+                };
+                if let Err(Refusal(code, reason)) = handled {
+                    tracing::info!(sandbox_id = %sandbox.id, %reason, "closing a kernel websocket");
                     let _ = socket
-                        .send(Ws::Close(Some(CloseFrame { code: 1003, reason: reason.into() })))
+                        .send(Ws::Close(Some(CloseFrame { code, reason: reason.into() })))
                         .await;
                     return;
                 }
-                Some(Ok(Ws::Close(_))) | None => return,
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    tracing::info!(sandbox_id = %sandbox.id, error = %e, "kernel websocket error");
-                    let _ = socket
-                        .send(Ws::Close(Some(CloseFrame { code: 1009, reason: e.to_string().into() })))
-                        .await;
-                    return;
-                }
-            },
+            }
             Some((parent, channel, msg)) = rx.recv() => {
-                if socket.send(Ws::Text(frame(&parent, channel, &msg).into())).await.is_err() {
+                if socket.send(frame(v1, &parent, channel, &msg)).await.is_err() {
                     return;
                 }
             }
@@ -164,13 +239,11 @@ fn reply(msg_type: &str, content: Value) -> Message {
 }
 
 async fn handle(
-    text: &str,
+    v: Value,
     state: &AppState,
     sandbox: &Arc<Sandbox>,
     tx: &mpsc::Sender<Mirrored>,
 ) -> Result<(), Refusal> {
-    let v: Value =
-        serde_json::from_str(text).map_err(|e| Refusal(1008, format!("not JSON: {e}")))?;
     if !v.is_object() {
         return Err(Refusal(1008, "a message must be a JSON object".into()));
     }
@@ -250,4 +323,40 @@ async fn handle(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_frames_round_trip_and_bad_tables_are_refused() {
+        let parts = [
+            br#"{"msg_id":"a","msg_type":"kernel_info_request"}"#.to_vec(),
+            b"{}".to_vec(),
+            b"{}".to_vec(),
+            b"{}".to_vec(),
+        ];
+        let f = v1_encode("shell", &parts);
+        let v = v1_decode(&f).map_err(|r| r.1).unwrap();
+        assert_eq!(v["channel"], "shell");
+        assert_eq!(v["header"]["msg_type"], "kernel_info_request");
+        for bad in [
+            vec![],
+            f[..20].to_vec(),
+            {
+                let mut g = f.clone();
+                g[0] = 200;
+                g
+            },
+            {
+                let mut g = f.clone();
+                g[16] = 255; // the channel's end past the frame
+                g[17] = 255;
+                g
+            },
+        ] {
+            assert!(v1_decode(&bad).is_err());
+        }
+    }
 }
