@@ -258,6 +258,54 @@ impl Server {
         v
     }
 
+    /// Submits an execution with `wait: false`; asserts 202 and returns its id.
+    pub async fn submit(&self, id: &str, mut body: Value) -> String {
+        body["wait"] = json!(false);
+        let (status, v) = self
+            .call(
+                self.req(
+                    reqwest::Method::POST,
+                    &format!("/v1/sandboxes/{id}/execute"),
+                )
+                .json(&body),
+            )
+            .await;
+        assert_eq!(status, 202, "{v}");
+        v["execution_id"].as_str().expect("execution_id").to_owned()
+    }
+
+    /// The JSON view of one execution; asserts 200.
+    pub async fn execution(&self, id: &str, eid: &str) -> Value {
+        let (status, v) = self
+            .call(self.req(
+                reqwest::Method::GET,
+                &format!("/v1/sandboxes/{id}/executions/{eid}"),
+            ))
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    /// Polls an execution's view every 100 ms until `cond` holds (panics
+    /// after `limit`).
+    pub async fn execution_until(
+        &self,
+        id: &str,
+        eid: &str,
+        limit: Duration,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self.execution(id, eid).await;
+            if cond(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "condition never held: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Deletes a sandbox; returns the status.
     pub async fn delete(&self, id: &str) -> u16 {
         self.call(self.req(reqwest::Method::DELETE, &format!("/v1/sandboxes/{id}")))

@@ -96,25 +96,16 @@ async fn a_kernel_is_a_sandbox_from_start_to_delete() {
 
     // Interrupt a running cell: 204, and the cell ends with KeyboardInterrupt.
     s.exec(&id, "x = 41").await;
-    let (_, sub) = s
-        .call(
-            s.req(Method::POST, &format!("/v1/sandboxes/{id}/execute"))
-                .json(&json!({"code": "import time\nprint('go', flush=True)\ntime.sleep(60)", "wait": false})),
+    let eid = s
+        .submit(
+            &id,
+            json!({"code": "import time\nprint('go', flush=True)\ntime.sleep(60)"}),
         )
         .await;
-    let eid = sub["execution_id"].as_str().unwrap().to_owned();
-    let mut running = false;
-    for _ in 0..300 {
-        let (_, v) = s
-            .call(s.req(Method::GET, &format!("/v1/sandboxes/{id}/executions/{eid}")))
-            .await;
-        if v["output"]["stdout"] == "go\n" {
-            running = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(running, "the cell never started");
+    s.execution_until(&id, &eid, Duration::from_secs(30), |v| {
+        v["output"]["stdout"] == "go\n"
+    })
+    .await;
     let (_, k) = s
         .call(s.req(Method::GET, &format!("/api/kernels/{id}")))
         .await;
@@ -125,17 +116,11 @@ async fn a_kernel_is_a_sandbox_from_start_to_delete() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 204);
-    let mut ended = Value::Null;
-    for _ in 0..300 {
-        let (_, v) = s
-            .call(s.req(Method::GET, &format!("/v1/sandboxes/{id}/executions/{eid}")))
-            .await;
-        if v["state"] == "finished" {
-            ended = v;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ended = s
+        .execution_until(&id, &eid, Duration::from_secs(30), |v| {
+            v["state"] == "finished"
+        })
+        .await;
     assert_eq!(
         ended["result"]["error"]["ename"], "KeyboardInterrupt",
         "{ended}"

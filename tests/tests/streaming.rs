@@ -296,28 +296,6 @@ async fn attach(
     Events::new(resp)
 }
 
-/// POSTs an execution with `wait: false`; asserts 202 and returns its id.
-async fn submit_nowait(s: &Server, id: &str, mut body: Value) -> String {
-    body["wait"] = json!(false);
-    let (status, v) = s
-        .call(
-            s.req(Method::POST, &format!("/v1/sandboxes/{id}/execute"))
-                .json(&body),
-        )
-        .await;
-    assert_eq!(status, 202, "{v}");
-    v["execution_id"].as_str().expect("execution_id").to_owned()
-}
-
-/// The JSON view of one execution.
-async fn view(s: &Server, id: &str, eid: &str) -> Value {
-    let (status, v) = s
-        .call(s.req(Method::GET, &format!("/v1/sandboxes/{id}/executions/{eid}")))
-        .await;
-    assert_eq!(status, 200, "{v}");
-    v
-}
-
 /// Starts a cell that sleeps for two minutes, streamed as SSE, and reads
 /// until its code runs.
 async fn stream_busy(s: &Server, id: &str) -> (String, Events) {
@@ -335,36 +313,17 @@ async fn stream_busy(s: &Server, id: &str) -> (String, Events) {
 /// Starts a cell that sleeps for a minute and waits until its code runs, so
 /// what is submitted next is certainly queued behind it.
 async fn start_busy(s: &Server, id: &str) -> String {
-    let running = submit_nowait(
-        s,
-        id,
-        json!({"code": "import time\nprint('busy', flush=True)\ntime.sleep(60)"}),
-    )
-    .await;
-    view_until(s, id, &running, Duration::from_secs(60), |v| {
+    let running = s
+        .submit(
+            id,
+            json!({"code": "import time\nprint('busy', flush=True)\ntime.sleep(60)"}),
+        )
+        .await;
+    s.execution_until(id, &running, Duration::from_secs(60), |v| {
         v["output"]["stdout"] == "busy\n"
     })
     .await;
     running
-}
-
-/// Polls the view until `cond` holds (panics after `limit`).
-async fn view_until(
-    s: &Server,
-    id: &str,
-    eid: &str,
-    limit: Duration,
-    cond: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let v = view(s, id, eid).await;
-        if cond(&v) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "condition never held: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The list of a sandbox's executions, with a query string.
@@ -436,7 +395,7 @@ async fn stream_matches_json(accept: &str) {
 
     let mut seen = events.until(|e| e["type"] == "stdout").await;
     // The first line is out while the cell still sleeps: it was streamed.
-    let v = view(&s, &id, &eid).await;
+    let v = s.execution(&id, &eid).await;
     assert_eq!(v["state"], "running", "{v}");
     assert_eq!(v["output"]["stdout"], "first\n", "output so far: {v}");
     assert!(v["result"].is_null(), "{v}");
@@ -456,7 +415,7 @@ async fn stream_matches_json(accept: &str) {
     assert_eq!(result["outputs"][0]["data"]["text/html"], "<b>done</b>");
 
     // The record keeps the same result.
-    let v = view(&s, &id, &eid).await;
+    let v = s.execution(&id, &eid).await;
     assert_eq!(v["state"], "finished", "{v}");
     assert_eq!(v["status"], "ok", "{v}");
     assert_eq!(v["result"], result, "the stored result is the streamed one");
@@ -584,10 +543,11 @@ async fn wait_false_answers_202_and_the_result_is_polled() {
     let (status, polled) = s.call(s.req(Method::GET, &location)).await;
     assert_eq!(status, 200, "{polled}");
     assert_eq!(polled["execution_id"], eid.as_str());
-    let v = view_until(&s, &id, &eid, Duration::from_secs(60), |v| {
-        v["state"] == "finished"
-    })
-    .await;
+    let v = s
+        .execution_until(&id, &eid, Duration::from_secs(60), |v| {
+            v["state"] == "finished"
+        })
+        .await;
     assert_eq!(v["status"], "ok", "{v}");
     assert!(
         v["code"].as_str().unwrap().contains("print('later')"),
@@ -610,12 +570,12 @@ async fn wait_false_answers_202_and_the_result_is_polled() {
 async fn interrupting_an_execution_keeps_the_kernel_state() {
     let s = Server::start();
     let id = s.create(json!({})).await;
-    let eid = submit_nowait(
-        &s,
-        &id,
-        json!({"code": "import time\nx = 41\nprint('ready', flush=True)\ntime.sleep(60)"}),
-    )
-    .await;
+    let eid = s
+        .submit(
+            &id,
+            json!({"code": "import time\nx = 41\nprint('ready', flush=True)\ntime.sleep(60)"}),
+        )
+        .await;
     let mut events = attach(&s, &id, &eid, NDJSON, Some(0), None).await;
     let mut seen = events
         .until(|e| e["type"] == "stdout" && e["text"] == "ready\n")
@@ -671,13 +631,13 @@ async fn a_queued_execution_is_cancelled_and_never_runs() {
     let s = Server::start();
     let id = s.create(json!({})).await;
     let running = start_busy(&s, &id).await;
-    let queued = submit_nowait(
-        &s,
-        &id,
-        json!({"code": "ran = True\nopen('ran.txt', 'w').write('yes')\nprint('ran')"}),
-    )
-    .await;
-    let v = view(&s, &id, &queued).await;
+    let queued = s
+        .submit(
+            &id,
+            json!({"code": "ran = True\nopen('ran.txt', 'w').write('yes')\nprint('ran')"}),
+        )
+        .await;
+    let v = s.execution(&id, &queued).await;
     assert_eq!(v["state"], "queued", "{v}");
     assert!(v["started_at"].is_null(), "{v}");
 
@@ -685,10 +645,11 @@ async fn a_queued_execution_is_cancelled_and_never_runs() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["cancelled"], true, "{v}");
     assert_eq!(v["interrupted"], false, "{v}");
-    let v = view_until(&s, &id, &queued, Duration::from_secs(30), |v| {
-        v["state"] == "finished"
-    })
-    .await;
+    let v = s
+        .execution_until(&id, &queued, Duration::from_secs(30), |v| {
+            v["state"] == "finished"
+        })
+        .await;
     assert_eq!(v["status"], "cancelled", "{v}");
     assert_eq!(v["result"]["status"], "cancelled", "{v}");
     assert!(v["started_at"].is_null(), "it never started: {v}");
@@ -701,15 +662,16 @@ async fn a_queued_execution_is_cancelled_and_never_runs() {
     assert_eq!(kinds(&events), ["end"], "{events:?}");
     assert_eq!(events[0]["result"]["status"], "cancelled");
     // The running cell was not disturbed by the cancel.
-    assert_eq!(view(&s, &id, &running).await["state"], "running");
+    assert_eq!(s.execution(&id, &running).await["state"], "running");
 
     // End the running one; the cancelled one still has not run.
     let (status, v) = post_exec(&s, &id, &running, "interrupt", json!({})).await;
     assert_eq!((status, &v["interrupted"]), (200, &json!(true)), "{v}");
-    let v = view_until(&s, &id, &running, Duration::from_secs(30), |v| {
-        v["state"] == "finished"
-    })
-    .await;
+    let v = s
+        .execution_until(&id, &running, Duration::from_secs(30), |v| {
+            v["state"] == "finished"
+        })
+        .await;
     assert_eq!(v["result"]["error"]["ename"], "KeyboardInterrupt", "{v}");
     let r = s
         .exec(
@@ -742,7 +704,7 @@ async fn input_is_answered_over_http() {
     let req = seen.last().unwrap().clone();
     assert_eq!(req["prompt"], "Name? ", "{req}");
     assert_eq!(req["password"], false, "{req}");
-    let v = view(&s, &id, &eid).await;
+    let v = s.execution(&id, &eid).await;
     assert_eq!(v["state"], "running", "{v}");
     assert_eq!(v["input_request"]["prompt"], "Name? ", "{v}");
     let (status, v) = post_exec(&s, &id, &eid, "input", json!({"value": "Ada"})).await;
@@ -766,7 +728,7 @@ async fn input_is_answered_over_http() {
         r["stdout"].as_str().unwrap().contains("got Ada s3cret\n"),
         "{r}"
     );
-    assert_eq!(view(&s, &id, &eid).await["input_request"], Value::Null);
+    assert_eq!(s.execution(&id, &eid).await["input_request"], Value::Null);
 
     // Answering a finished execution is a conflict.
     let (status, v) = post_exec(&s, &id, &eid, "input", json!({"value": "late"})).await;
@@ -973,7 +935,7 @@ async fn a_full_queue_answers_429_and_the_list_shows_it() {
     let s = Server::start_with(&["--max-queue", "1"]);
     let id = s.create(json!({})).await;
     let running = start_busy(&s, &id).await;
-    let queued = submit_nowait(&s, &id, json!({"code": "print('b')"})).await;
+    let queued = s.submit(&id, json!({"code": "print('b')"})).await;
     let path = format!("/v1/sandboxes/{id}/execute");
     for (accept, body) in [
         ("application/json", json!({"code": "print('c')"})),
@@ -1021,10 +983,11 @@ async fn a_full_queue_answers_429_and_the_list_shows_it() {
     // Once the running one ends, the queued one runs and there is room again.
     let (status, _) = post_exec(&s, &id, &running, "interrupt", json!({})).await;
     assert_eq!(status, 200);
-    let v = view_until(&s, &id, &queued, Duration::from_secs(60), |v| {
-        v["state"] == "finished"
-    })
-    .await;
+    let v = s
+        .execution_until(&id, &queued, Duration::from_secs(60), |v| {
+            v["state"] == "finished"
+        })
+        .await;
     assert_eq!(v["result"]["stdout"], "b\n", "{v}");
     let r = s.exec(&id, "print('c')").await;
     assert_eq!(r["stdout"], "c\n", "{r}");
@@ -1177,23 +1140,24 @@ async fn an_interrupt_right_after_the_start_is_not_lost() {
     // Interrupt as soon as the execution is reported running, the way a
     // client that stops a cell at once does.
     for trial in 0..3 {
-        let eid = submit_nowait(
-            &s,
-            &id,
-            json!({"code": "import time\ntime.sleep(20)\nprint('slept')"}),
-        )
-        .await;
-        view_until(&s, &id, &eid, Duration::from_secs(30), |v| {
+        let eid = s
+            .submit(
+                &id,
+                json!({"code": "import time\ntime.sleep(20)\nprint('slept')"}),
+            )
+            .await;
+        s.execution_until(&id, &eid, Duration::from_secs(30), |v| {
             v["state"] != "queued"
         })
         .await;
         let (status, v) = post_exec(&s, &id, &eid, "interrupt", json!({})).await;
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["interrupted"], true, "{v}");
-        let v = view_until(&s, &id, &eid, Duration::from_secs(60), |v| {
-            v["state"] == "finished"
-        })
-        .await;
+        let v = s
+            .execution_until(&id, &eid, Duration::from_secs(60), |v| {
+                v["state"] == "finished"
+            })
+            .await;
         let r = &v["result"];
         assert_ne!(
             r["status"], "ok",
@@ -1216,7 +1180,7 @@ async fn a_slow_reader_gets_a_gap_then_the_rest() {
     let (eid, mut events) = submit_stream(&s, &id, NDJSON, json!({"code": code})).await;
     let mut seen = events.until(|e| e["type"] == "stdout").await;
     // Stop reading until the execution is over.
-    view_until(&s, &id, &eid, Duration::from_secs(300), |v| {
+    s.execution_until(&id, &eid, Duration::from_secs(300), |v| {
         v["state"] == "finished"
     })
     .await;
@@ -1268,10 +1232,11 @@ async fn a_client_that_gives_up_does_not_stop_the_execution() {
     let all = list(&s, &id, "").await;
     assert_eq!(all.len(), 1, "{all:?}");
     let eid = all[0]["execution_id"].as_str().unwrap().to_owned();
-    let v = view_until(&s, &id, &eid, Duration::from_secs(60), |v| {
-        v["state"] == "finished"
-    })
-    .await;
+    let v = s
+        .execution_until(&id, &eid, Duration::from_secs(60), |v| {
+            v["state"] == "finished"
+        })
+        .await;
     assert_eq!(v["result"]["stdout"], "done\n", "{v}");
     assert_eq!(
         v["result"]["files"]["created"][0]["path"], "done.txt",
@@ -1284,7 +1249,7 @@ async fn deleting_a_sandbox_ends_its_streams() {
     let s = Server::start();
     let id = s.create(json!({})).await;
     let (running, a) = stream_busy(&s, &id).await;
-    let queued = submit_nowait(&s, &id, json!({"code": "print('never')"})).await;
+    let queued = s.submit(&id, json!({"code": "print('never')"})).await;
     let b = attach(&s, &id, &queued, NDJSON, None, None).await;
     assert_eq!(s.delete(&id).await, 204);
     let a = tokio::time::timeout(Duration::from_secs(60), a.rest())
@@ -1376,10 +1341,10 @@ async fn queued_executions_run_in_submission_order() {
         let mut eids = Vec::new();
         for i in 0..15 {
             let code = format!("order.append({i})");
-            eids.push(submit_nowait(&s, &id, json!({ "code": code })).await);
+            eids.push(s.submit(&id, json!({ "code": code })).await);
         }
         let last = eids.last().unwrap().clone();
-        view_until(&s, &id, &last, Duration::from_secs(60), |v| {
+        s.execution_until(&id, &last, Duration::from_secs(60), |v| {
             v["state"] == "finished"
         })
         .await;
@@ -1387,7 +1352,7 @@ async fn queued_executions_run_in_submission_order() {
         let want = format!("{:?}\n", (0..15).collect::<Vec<_>>());
         let mut counts = Vec::new();
         for eid in &eids {
-            let v = view(&s, &id, eid).await;
+            let v = s.execution(&id, eid).await;
             counts.push(v["execution_count"].as_i64().unwrap_or(-1));
         }
         assert_eq!(

@@ -61,18 +61,6 @@ async fn get(s: &Server, path: &str) -> (u16, Value) {
     s.call(s.req(Method::GET, path)).await
 }
 
-/// Submits with `wait: false`; asserts 202 and returns the execution id.
-async fn submit(s: &Server, id: &str, code: &str) -> String {
-    let (status, v) = s
-        .call(
-            s.req(Method::POST, &format!("/v1/sandboxes/{id}/execute"))
-                .json(&json!({"code": code, "wait": false})),
-        )
-        .await;
-    assert_eq!(status, 202, "{v}");
-    v["execution_id"].as_str().expect("execution_id").to_owned()
-}
-
 /// All text a cell's outputs wrote to one stream.
 fn stream_text(outputs: &Value, name: &str) -> String {
     outputs
@@ -580,7 +568,7 @@ async fn a_kill_9_loses_nothing_the_client_was_told_about() {
                 Some((status, v))
             }));
         } else {
-            acked.push((i, submit(&s1, &id, &code).await));
+            acked.push((i, s1.submit(&id, json!({"code": &code})).await));
         }
     }
     let long_id = acked
@@ -854,8 +842,13 @@ async fn unknown_sandboxes_have_no_trace() {
 async fn cancelled_executions_are_listed_but_are_not_cells() {
     let s = Server::start();
     let id = s.create(json!({})).await;
-    let e1 = submit(&s, &id, "import time\ntime.sleep(3)\nprint('slept')").await;
-    let e2 = submit(&s, &id, "print('never')").await;
+    let e1 = s
+        .submit(
+            &id,
+            json!({"code": "import time\ntime.sleep(3)\nprint('slept')"}),
+        )
+        .await;
+    let e2 = s.submit(&id, json!({"code": "print('never')"})).await;
     let (status, v) = s
         .call(s.req(
             Method::POST,

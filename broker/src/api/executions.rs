@@ -320,7 +320,7 @@ pub async fn get_one(
         Err(_) => None,
     };
     let record = match live {
-        Some(Some(record)) if !record.view(false).evicted => record,
+        Some(Some(record)) if !record.is_evicted() => record,
         Some(None) => return Err(not_found(&eid)),
         _ => {
             let (s, e) = (sid.to_string(), parse_eid(&eid)?.0.to_string());

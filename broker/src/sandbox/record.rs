@@ -242,6 +242,11 @@ impl ExecutionRecord {
         }
     }
 
+    /// True once the bulky parts were dropped for the retention budget.
+    pub fn is_evicted(&self) -> bool {
+        self.lock().evicted
+    }
+
     /// When it began running, if it did.
     pub fn started_at(&self) -> Option<SystemTime> {
         self.lock().started_at
