@@ -243,34 +243,30 @@ impl Server {
         self.exec_with(id, json!({ "code": code })).await
     }
 
-    /// Executes with a full request body; asserts 200.
-    pub async fn exec_with(&self, id: &str, body: Value) -> Value {
+    /// `POST …/execute` with `body`; asserts the status, returns the answer.
+    async fn post_execute(&self, id: &str, body: &Value, want: u16) -> Value {
         let (status, v) = self
             .call(
                 self.req(
                     reqwest::Method::POST,
                     &format!("/v1/sandboxes/{id}/execute"),
                 )
-                .json(&body),
+                .json(body),
             )
             .await;
-        assert_eq!(status, 200, "execute failed: {v}");
+        assert_eq!(status, want, "execute failed: {v}");
         v
+    }
+
+    /// Executes with a full request body; asserts 200.
+    pub async fn exec_with(&self, id: &str, body: Value) -> Value {
+        self.post_execute(id, &body, 200).await
     }
 
     /// Submits an execution with `wait: false`; asserts 202 and returns its id.
     pub async fn submit(&self, id: &str, mut body: Value) -> String {
         body["wait"] = json!(false);
-        let (status, v) = self
-            .call(
-                self.req(
-                    reqwest::Method::POST,
-                    &format!("/v1/sandboxes/{id}/execute"),
-                )
-                .json(&body),
-            )
-            .await;
-        assert_eq!(status, 202, "{v}");
+        let v = self.post_execute(id, &body, 202).await;
         v["execution_id"].as_str().expect("execution_id").to_owned()
     }
 
