@@ -135,6 +135,34 @@ async fn bad_requests_get_clear_errors() {
         assert_eq!(code(&body), want, "{body}");
         assert!(!body["error"]["message"].as_str().unwrap().is_empty());
     }
+    // A chunked body (no Content-Length) over the limit is read away and
+    // refused, so a client still sending gets the 413, not a broken pipe.
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let path = exec.clone();
+    let reply = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut t = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            t,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+             Content-Type: application/json\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let chunk = vec![b' '; 64 * 1024];
+        for _ in 0..32 {
+            write!(t, "{:x}\r\n", chunk.len()).unwrap();
+            t.write_all(&chunk).unwrap();
+            t.write_all(b"\r\n").unwrap();
+        }
+        t.write_all(b"0\r\n\r\n").unwrap();
+        let mut out = String::new();
+        t.read_to_string(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("payload_too_large"), "{reply}");
     // Still serving, and the sandbox still works.
     let r = s.exec(&id, "print('alive')").await;
     assert_eq!(r["stdout"], "alive\n");

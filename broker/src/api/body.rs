@@ -26,24 +26,60 @@ fn too_large() -> ApiError {
     )
 }
 
+/// How much of a refused body is read and thrown away so the client, still
+/// sending, gets the 413 instead of a broken pipe. Beyond this (or after
+/// [`DRAIN_FOR`]) the connection is closed instead.
+const DRAIN_MAX: usize = 64 * 1024 * 1024;
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn read(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
-    // A declared length over the limit is refused before any of it is read,
-    // so a client that waits for `100 Continue` never sends it.
-    let declared = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
+    use axum::http::header;
+    use futures_util::StreamExt;
+    let limit = state.manager.config().max_body_bytes;
+    let headers = req.headers();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > state.manager.config().max_body_bytes as u64) {
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut body = req.into_body().into_data_stream();
+    if declared.is_some_and(|n| n > limit as u64) {
+        // A client that waits for `100 Continue` never sends the body; one
+        // that does not is already sending it, so read it away first.
+        if !expects_continue && declared.is_some_and(|n| n <= DRAIN_MAX as u64) {
+            drain(body).await;
+        }
         return Err(too_large());
     }
-    Bytes::from_request(req, state).await.map_err(|rej| {
-        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            too_large()
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", rej.body_text())
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string()))?;
+        if buf.len() + chunk.len() > limit {
+            drain(body).await;
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads and discards the rest of a body, up to [`DRAIN_MAX`] bytes within
+/// [`DRAIN_FOR`].
+async fn drain(mut body: axum::body::BodyDataStream) {
+    use futures_util::StreamExt;
+    let _ = tokio::time::timeout(DRAIN_FOR, async {
+        let mut seen = 0usize;
+        while let Some(Ok(chunk)) = body.next().await {
+            seen += chunk.len();
+            if seen > DRAIN_MAX {
+                break;
+            }
         }
     })
+    .await;
 }
 
 /// Parses JSON, mapping serde's error classes to statuses.
