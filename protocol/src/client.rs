@@ -322,7 +322,19 @@ impl KernelClient {
         channel: Channel,
         content: Content,
     ) -> Result<Subscription, ClientError> {
-        let msg = self.new_message(content);
+        self.request_with_buffers(channel, content, Vec::new())
+            .await
+    }
+
+    /// [`Client::request`] with binary buffers (comms, widgets).
+    pub async fn request_with_buffers(
+        &self,
+        channel: Channel,
+        content: Content,
+        buffers: Vec<bytes::Bytes>,
+    ) -> Result<Subscription, ClientError> {
+        let mut msg = self.new_message(content);
+        msg.buffers = buffers;
         let (tx, rx) = mpsc::channel(self.inner.route_capacity);
         let msg_id = msg.header.msg_id.clone();
         let budget = Arc::new(Semaphore::new(self.inner.route_bytes));

@@ -334,6 +334,38 @@ async fn the_kernel_websocket_speaks_jupyter() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_sessions_reconnect_and_carry_binary_buffers() {
+    let s = Server::start_with(&["--max-body-mb", "1"]);
+    let base = s.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(cellblock_tests::tools().join("python"))
+            .arg(script("kernel_websocket_sessions.py"))
+            .arg(&base)
+            .arg((1024 * 1024).to_string())
+            .output()
+            .expect("running the websocket client")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The kernel is gone from /v1 too.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let kid = stdout
+        .trim()
+        .strip_prefix("ok ")
+        .expect("the script's last line");
+    let (status, _) = s
+        .call(s.req(Method::GET, &format!("/v1/sandboxes/{kid}")))
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nbconvert_executes_through_the_gateway_kernel_manager() {
     let s = Server::start();
     let dir = cellblock_tests::TempDir::new();

@@ -22,35 +22,54 @@
 //! With the `v1.kernel.websocket.jupyter.org` subprotocol (chosen when the
 //! client offers it) frames are binary: an offset table, the channel, then
 //! the four message parts; every offset is checked before it is used.
-//! Not yet: binary buffers, replaying messages to a reconnecting session.
+//!
+//! Binary buffers (ipywidgets, comms) pass both ways: in the v1 framing
+//! they are the parts after the content; in the legacy framing a message
+//! with buffers is a binary frame in jupyter_server's layout (big-endian u32
+//! count and offsets, the JSON message, the buffers).
+//!
+//! A connection belongs to a session (`?session_id=`): messages that arrive
+//! while it is disconnected are kept and replayed when it reconnects; see
+//! [`super::kernel_sessions`].
 
 use super::gateway::{kernel, GwError};
+use super::kernel_sessions::{Attached, MAX_SESSIONS};
 use super::AppState;
 use crate::sandbox::execute::ExecuteOptions;
 use crate::sandbox::record::{Mirror, Mirrored, State as ExecState};
 use crate::sandbox::Sandbox;
+use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message as Ws, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use cellblock_protocol::message::{Channel, Content, Header, Message};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// `GET /api/kernels/{id}/channels`: upgrades to the kernel websocket.
+/// `GET /api/kernels/{id}/channels?session_id=…`: upgrades to the kernel
+/// websocket.
 pub async fn channels(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, GwError> {
     let sandbox = kernel(&state, &id)?;
     let max = state.manager.config().max_body_bytes;
+    // Without a session id there is nothing to reconnect to: a fresh one.
+    let session_id = query
+        .get("session_id")
+        .filter(|s| !s.is_empty() && s.len() <= 256)
+        .cloned()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     Ok(ws
         .protocols([V1])
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| serve(socket, state, sandbox)))
+        .on_upgrade(move |socket| serve(socket, state, sandbox, session_id)))
 }
 
 /// Why a connection is closed.
@@ -78,15 +97,17 @@ fn channel_name(c: Channel) -> &'static str {
 const V1: &str = "v1.kernel.websocket.jupyter.org";
 
 /// A kernel message as a websocket frame, parented to `parent`: legacy JSON
-/// text, or with `v1`, the binary framing.
+/// text (binary, with jupyter_server's offsets, when it has buffers), or
+/// with `v1`, the binary framing.
 fn frame(v1: bool, parent: &Value, channel: Channel, msg: &Message) -> Ws {
     if v1 {
-        let parts = [
+        let mut parts = vec![
             serde_json::to_vec(&msg.header).unwrap_or_default(),
             serde_json::to_vec(parent).unwrap_or_default(),
             serde_json::to_vec(&msg.metadata).unwrap_or_default(),
             msg.content.to_json_bytes(),
         ];
+        parts.extend(msg.buffers.iter().map(|b| b.to_vec()));
         return Ws::Binary(v1_encode(channel_name(channel), &parts).into());
     }
     let text = json!({
@@ -100,7 +121,67 @@ fn frame(v1: bool, parent: &Value, channel: Channel, msg: &Message) -> Ws {
         "channel": channel_name(channel),
     })
     .to_string();
-    Ws::Text(text.into())
+    if msg.buffers.is_empty() {
+        return Ws::Text(text.into());
+    }
+    Ws::Binary(legacy_binary_encode(text.as_bytes(), &msg.buffers).into())
+}
+
+/// jupyter_server's legacy binary message: a big-endian u32 count of parts,
+/// then each part's start (u32, from the frame's start), then the JSON
+/// message and its buffers.
+fn legacy_binary_encode(json: &[u8], buffers: &[Bytes]) -> Vec<u8> {
+    let count = buffers.len() + 1;
+    let mut starts = vec![4 * (count + 1)];
+    starts.push(starts[0] + json.len());
+    for b in &buffers[..buffers.len() - 1] {
+        let last = starts[starts.len() - 1];
+        starts.push(last + b.len());
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(&(count as u32).to_be_bytes());
+    for s in &starts {
+        out.extend_from_slice(&(*s as u32).to_be_bytes());
+    }
+    out.extend_from_slice(json);
+    for b in buffers {
+        out.extend_from_slice(b);
+    }
+    out
+}
+
+/// Reads a legacy binary message: the JSON message and its buffers; every
+/// offset is checked.
+fn legacy_binary_decode(frame: &[u8]) -> Result<Incoming, Refusal> {
+    let bad = |why: &str| Refusal(1008, format!("bad binary frame: {why}"));
+    let word = |i: usize| -> Result<usize, Refusal> {
+        let b = frame
+            .get(4 * i..4 * i + 4)
+            .ok_or_else(|| bad("truncated offset table"))?;
+        Ok(u32::from_be_bytes(b.try_into().map_err(|_| bad("truncated offset table"))?) as usize)
+    };
+    let count = word(0)?;
+    if !(1..=1024).contains(&count) {
+        return Err(bad("it needs the message and at most 1023 buffers"));
+    }
+    let mut starts = (1..=count).map(word).collect::<Result<Vec<_>, _>>()?;
+    starts.push(frame.len());
+    if starts[0] != 4 * (count + 1) || starts.windows(2).any(|w| w[0] > w[1]) {
+        return Err(bad("offsets out of order or past the end"));
+    }
+    let v = serde_json::from_slice(&frame[starts[0]..starts[1]])
+        .map_err(|e| bad(&format!("the message is not JSON: {e}")))?;
+    let buffers = starts[1..]
+        .windows(2)
+        .map(|w| Bytes::copy_from_slice(&frame[w[0]..w[1]]))
+        .collect();
+    Ok(Incoming { v, buffers })
+}
+
+/// A message from the client: the legacy JSON shape and its buffers.
+struct Incoming {
+    v: Value,
+    buffers: Vec<Bytes>,
 }
 
 /// The v1 framing: a little-endian u64 count of offsets, the offsets (u64,
@@ -128,8 +209,9 @@ fn v1_encode(channel: &str, parts: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
-/// Reads a v1 frame into the legacy message shape; every offset is checked.
-fn v1_decode(frame: &[u8]) -> Result<Value, Refusal> {
+/// Reads a v1 frame into the legacy message shape and its buffers; every
+/// offset is checked.
+fn v1_decode(frame: &[u8]) -> Result<Incoming, Refusal> {
     let bad = |why: &str| Refusal(1008, format!("bad v1 frame: {why}"));
     let word = |i: usize| -> Result<usize, Refusal> {
         let b = frame
@@ -154,49 +236,106 @@ fn v1_decode(frame: &[u8]) -> Result<Value, Refusal> {
         serde_json::from_slice(part(i)).map_err(|e| bad(&format!("{what} is not JSON: {e}")))
     };
     let channel = std::str::from_utf8(part(0)).map_err(|_| bad("the channel is not UTF-8"))?;
-    Ok(json!({
+    let v = json!({
         "channel": channel,
         "header": json(1, "header")?,
         "parent_header": json(2, "parent_header")?,
         "metadata": json(3, "metadata")?,
         "content": json(4, "content")?,
-    }))
+    });
+    let buffers = (5..count - 1)
+        .map(|i| Bytes::copy_from_slice(part(i)))
+        .collect();
+    Ok(Incoming { v, buffers })
 }
 
-async fn serve(mut socket: WebSocket, state: AppState, sandbox: Arc<Sandbox>) {
+async fn serve(mut socket: WebSocket, state: AppState, sandbox: Arc<Sandbox>, session_id: String) {
     let v1 = socket
         .protocol()
         .is_some_and(|p| p.as_bytes() == V1.as_bytes());
-    // Everything for this client goes through one queue, in order.
-    let (tx, mut rx) = mpsc::channel::<Mirrored>(256);
+    let hub = state.kernel_sessions.clone();
+    let Some(mut attached) = hub.attach(sandbox.id, &session_id) else {
+        let reason = format!("this kernel already has {MAX_SESSIONS} connected sessions");
+        let _ = socket
+            .send(Ws::Close(Some(CloseFrame {
+                code: 1013,
+                reason: reason.into(),
+            })))
+            .await;
+        return;
+    };
+    let why = converse(&mut socket, v1, &state, &sandbox, &mut attached).await;
+    if let Some(Refusal(code, reason)) = why {
+        tracing::info!(sandbox_id = %sandbox.id, %reason, "closing a kernel websocket");
+        let _ = socket
+            .send(Ws::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+    }
+    hub.detach(sandbox.id, &session_id, attached);
+}
+
+/// Runs one connection: the backlog first, then messages both ways, until
+/// either side ends it. Returns why the server closes it, if it does.
+async fn converse(
+    socket: &mut WebSocket,
+    v1: bool,
+    state: &AppState,
+    sandbox: &Arc<Sandbox>,
+    attached: &mut Attached,
+) -> Option<Refusal> {
+    let backlog = std::mem::take(&mut attached.backlog);
+    let mut backlog = backlog.into_iter();
+    while let Some((parent, channel, msg)) = backlog.next() {
+        if socket
+            .send(frame(v1, &parent, channel, &msg))
+            .await
+            .is_err()
+        {
+            // Not delivered: kept for the next connection.
+            attached.backlog = std::iter::once((parent, channel, msg))
+                .chain(backlog)
+                .collect();
+            return None;
+        }
+    }
+    let mut deleted = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             incoming = socket.recv() => {
                 let parsed = match incoming {
                     Some(Ok(Ws::Text(text))) if !v1 => serde_json::from_str::<Value>(text.as_str())
+                        .map(|v| Incoming { v, buffers: Vec::new() })
                         .map_err(|e| Refusal(1008, format!("not JSON: {e}"))),
                     Some(Ok(Ws::Binary(bytes))) if v1 => v1_decode(&bytes),
+                    Some(Ok(Ws::Binary(bytes))) => legacy_binary_decode(&bytes),
                     Some(Ok(Ws::Text(_))) => Err(Refusal(1003, "this connection uses the v1 binary framing".into())),
-                    Some(Ok(Ws::Binary(_))) => Err(Refusal(1003, "binary frames need the v1.kernel.websocket.jupyter.org subprotocol".into())),
-                    Some(Ok(Ws::Close(_))) | None => return,
+                    Some(Ok(Ws::Close(_))) | None => return None,
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => Err(Refusal(1009, e.to_string())),
                 };
                 let handled = match parsed {
-                    Ok(v) => handle(v, &state, &sandbox, &tx).await,
+                    Ok(m) => handle(m, state, sandbox, &attached.queue).await,
                     Err(r) => Err(r),
                 };
-                if let Err(Refusal(code, reason)) = handled {
-                    tracing::info!(sandbox_id = %sandbox.id, %reason, "closing a kernel websocket");
-                    let _ = socket
-                        .send(Ws::Close(Some(CloseFrame { code, reason: reason.into() })))
-                        .await;
-                    return;
+                if let Err(r) = handled {
+                    return Some(r);
                 }
             }
-            Some((parent, channel, msg)) = rx.recv() => {
+            Some((parent, channel, msg)) = attached.rx.recv() => {
                 if socket.send(frame(v1, &parent, channel, &msg)).await.is_err() {
-                    return;
+                    return None;
+                }
+            }
+            () = attached.replaced.cancelled() => {
+                let why = if sandbox.is_deleted() { "the kernel was shut down" } else { "replaced by a newer connection with this session_id" };
+                return Some(Refusal(1000, why.into()));
+            }
+            _ = deleted.tick() => {
+                if sandbox.is_deleted() {
+                    return Some(Refusal(1000, "the kernel was shut down".into()));
                 }
             }
         }
@@ -239,7 +378,7 @@ fn reply(msg_type: &str, content: Value) -> Message {
 }
 
 async fn handle(
-    v: Value,
+    Incoming { v, buffers }: Incoming,
     state: &AppState,
     sandbox: &Arc<Sandbox>,
     tx: &mpsc::Sender<Mirrored>,
@@ -316,7 +455,7 @@ async fn handle(
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(
                     Duration::from_secs(60),
-                    s.forward_request(channel, content, mirror),
+                    s.forward_request(channel, content, buffers, mirror),
                 )
                 .await;
             });
@@ -338,7 +477,7 @@ mod tests {
             b"{}".to_vec(),
         ];
         let f = v1_encode("shell", &parts);
-        let v = v1_decode(&f).map_err(|r| r.1).unwrap();
+        let v = v1_decode(&f).map_err(|r| r.1).unwrap().v;
         assert_eq!(v["channel"], "shell");
         assert_eq!(v["header"]["msg_type"], "kernel_info_request");
         for bad in [
@@ -357,6 +496,32 @@ mod tests {
             },
         ] {
             assert!(v1_decode(&bad).is_err());
+        }
+    }
+
+    #[test]
+    fn legacy_binary_frames_round_trip_and_bad_tables_are_refused() {
+        let buffers = [Bytes::from_static(b"abc"), Bytes::from_static(b"")];
+        let f = legacy_binary_encode(br#"{"channel":"shell"}"#, &buffers);
+        let m = legacy_binary_decode(&f).map_err(|r| r.1).unwrap();
+        assert_eq!(m.v["channel"], "shell");
+        assert_eq!(m.buffers, buffers);
+        for bad in [
+            vec![],
+            vec![0, 0, 0, 0],
+            f[..6].to_vec(),
+            {
+                let mut g = f.clone();
+                g[7] = 200; // the message's start past the table's end
+                g
+            },
+            {
+                let mut g = f.clone();
+                g[8] = 255; // a buffer's start past the frame
+                g
+            },
+        ] {
+            assert!(legacy_binary_decode(&bad).is_err());
         }
     }
 }

@@ -67,8 +67,36 @@ pub async fn info() -> Json<Value> {
     Json(json!({"version": "2.14.0", "cellblock": env!("CARGO_PKG_VERSION")}))
 }
 
+/// The kernelspec's resource files: ipykernel's logos, from the image.
+const RESOURCES: [(&str, &str); 3] = [
+    ("logo-32x32", "logo-32x32.png"),
+    ("logo-64x64", "logo-64x64.png"),
+    ("logo-svg", "logo-svg.svg"),
+];
+
+/// Where ipykernel keeps its logos in the image's venv.
+fn resource_dir(state: &AppState) -> std::path::PathBuf {
+    let image = state.manager.image();
+    let minor: Vec<&str> = image.python_version.split('.').take(2).collect();
+    image.dir.join(format!(
+        "venv/lib/python{}/site-packages/ipykernel/resources",
+        minor.join(".")
+    ))
+}
+
 fn spec_of(state: &AppState) -> Value {
     let image = state.manager.image();
+    let dir = resource_dir(state);
+    let resources: serde_json::Map<String, Value> = RESOURCES
+        .iter()
+        .filter(|(_, file)| dir.join(file).is_file())
+        .map(|(key, file)| {
+            (
+                (*key).to_owned(),
+                json!(format!("/kernelspecs/{DEFAULT_SPEC}/{file}")),
+            )
+        })
+        .collect();
     json!({
         "name": DEFAULT_SPEC,
         "spec": {
@@ -81,7 +109,7 @@ fn spec_of(state: &AppState) -> Value {
                 "cellblock": {"image": image.name, "image_version": image.version},
             },
         },
-        "resources": {},
+        "resources": resources,
     })
 }
 
@@ -109,21 +137,48 @@ pub async fn kernelspec(
         .ok_or_else(|| not_found(&format!("no such kernel spec: {name}")))
 }
 
-/// `GET /kernelspecs/{name}/{file}`: kernelspec resources; cellblock's
-/// kernelspecs have none.
-pub async fn kernelspec_resource(Path((name, file)): Path<(String, String)>) -> GwError {
-    not_found(&format!("kernel spec {name} has no resource {file}"))
+/// `GET /kernelspecs/{name}/{file}`: the kernelspec's logos. Only the
+/// names in [`RESOURCES`] are served, read from the image (never a path
+/// the client chose).
+pub async fn kernelspec_resource(
+    State(state): State<AppState>,
+    Path((name, file)): Path<(String, String)>,
+) -> Result<Response, GwError> {
+    let missing = || not_found(&format!("kernel spec {name} has no resource {file}"));
+    if image_for(&state, &name).is_none() {
+        return Err(missing());
+    }
+    let known = RESOURCES
+        .iter()
+        .find(|(_, f)| *f == file)
+        .ok_or_else(missing)?;
+    let bytes = tokio::fs::read(resource_dir(&state).join(known.1))
+        .await
+        .map_err(|_| missing())?;
+    let mime = if file.ends_with(".svg") {
+        "image/svg+xml"
+    } else {
+        "image/png"
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, mime),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 /// Jupyter's kernel model of a sandbox.
-fn model(s: &Sandbox) -> Value {
+fn model(state: &AppState, s: &Sandbox) -> Value {
     let v = s.view();
     json!({
         "id": s.id,
         "name": DEFAULT_SPEC,
         "last_activity": v.last_activity,
         "execution_state": if v.pending_executions > 0 { "busy" } else { "idle" },
-        "connections": 0,
+        "connections": state.kernel_sessions.connections(s.id),
     })
 }
 
@@ -144,7 +199,12 @@ pub(super) fn kernel(state: &AppState, raw: &str) -> Result<Arc<Sandbox>, GwErro
 /// `GET /api/kernels`.
 pub async fn list(State(state): State<AppState>) -> Json<Value> {
     Json(Value::Array(
-        state.manager.list().iter().map(|s| model(s)).collect(),
+        state
+            .manager
+            .list()
+            .iter()
+            .map(|s| model(&state, s))
+            .collect(),
     ))
 }
 
@@ -200,7 +260,7 @@ pub async fn start(State(state): State<AppState>, body: Bytes) -> Result<Respons
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, format!("/api/kernels/{}", sandbox.id))],
-        Json(model(&sandbox)),
+        Json(model(&state, &sandbox)),
     )
         .into_response())
 }
@@ -211,7 +271,7 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, GwError> {
     let k = kernel(&state, &id)?;
-    Ok(Json(model(&k)))
+    Ok(Json(model(&state, &k)))
 }
 
 /// `DELETE /api/kernels/{id}`: 204.
@@ -221,6 +281,7 @@ pub async fn delete(
 ) -> Result<StatusCode, GwError> {
     let s = kernel(&state, &id)?;
     state.sessions.forget_kernel(s.id);
+    state.kernel_sessions.forget_kernel(s.id);
     let manager = state.manager.clone();
     tokio::spawn(async move { manager.delete(s.id).await })
         .await
@@ -247,7 +308,7 @@ pub async fn restart(
     tokio::spawn(async move { r.restart().await })
         .await
         .map_err(|e| GwError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    Ok(Json(model(&s)))
+    Ok(Json(model(&state, &s)))
 }
 
 /// Jupyter sessions: a path (a notebook) bound to a kernel. Kept in memory;
@@ -271,7 +332,7 @@ fn session_view(state: &AppState, s: &Value) -> Option<Value> {
     let kid = s["kernel"]["id"].as_str()?;
     let k = kernel(state, kid).ok()?;
     let mut s = s.clone();
-    s["kernel"] = model(&k);
+    s["kernel"] = model(state, &k);
     Some(s)
 }
 
@@ -310,7 +371,7 @@ pub async fn start_session(
     let kernel_model = match req.kernel.as_ref().and_then(|k| k.id.as_deref()) {
         Some(id) => {
             let k = kernel(&state, id)?;
-            model(&k)
+            model(&state, &k)
         }
         None => {
             let name = req.kernel.as_ref().and_then(|k| k.name.clone());

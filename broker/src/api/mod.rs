@@ -17,6 +17,7 @@ pub mod error;
 pub mod executions;
 pub mod files;
 pub mod gateway;
+pub mod kernel_sessions;
 pub mod replay;
 pub mod sandboxes;
 pub mod traces;
@@ -42,6 +43,8 @@ pub struct AppState {
     key_digest: Option<[u8; 32]>,
     /// Jupyter sessions of the `/api` surface.
     pub sessions: Arc<gateway::Sessions>,
+    /// Kernel websocket sessions (reconnect and replay).
+    pub kernel_sessions: Arc<kernel_sessions::Hub>,
 }
 
 impl AppState {
@@ -51,6 +54,7 @@ impl AppState {
             manager,
             key_digest: api_key.map(|k| Sha256::digest(k.as_bytes()).into()),
             sessions: Arc::default(),
+            kernel_sessions: Arc::default(),
         }
     }
 }

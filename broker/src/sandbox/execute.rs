@@ -613,6 +613,7 @@ impl Sandbox {
         self: &Arc<Self>,
         channel: Channel,
         content: Content,
+        buffers: Vec<bytes::Bytes>,
         mirror: super::record::Mirror,
     ) -> Result<(), SandboxError> {
         let mut rt = self.runtime.lock().await;
@@ -623,13 +624,15 @@ impl Sandbox {
             self.replace_kernel(&mut rt).await?;
         }
         let kernel = rt.kernel.as_ref().ok_or(SandboxError::NotRunning)?;
+        let msg_type = content.msg_type().to_owned();
         let mut sub = kernel
             .client
-            .request(channel, content)
+            .request_with_buffers(channel, content, buffers)
             .await
             .map_err(|_| SandboxError::NotRunning)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let (mut replied, mut idle) = (false, false);
+        // comm_open, comm_msg and comm_close have no reply: idle ends them.
+        let (mut replied, mut idle) = (!msg_type.ends_with("_request"), false);
         while !(replied && idle) {
             let Ok(Some((ch, msg))) = tokio::time::timeout_at(deadline, sub.recv()).await else {
                 break;

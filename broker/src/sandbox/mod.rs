@@ -182,6 +182,11 @@ impl Sandbox {
         self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// True once the sandbox was deleted (or the server is stopping).
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::SeqCst)
+    }
+
     /// Marks the sandbox as used now.
     pub fn touch(&self) {
         *self.lock_activity() = SystemTime::now();
