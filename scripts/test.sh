@@ -3,6 +3,16 @@
 # tests against the built binary with a real ipykernel. Installs what it needs.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
+# Node.js runs the @jupyterlab/services client test.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "cellblock: installing nodejs npm from the package registry" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  fi
+fi
+node -e 'process.exit(+process.versions.node.split(".")[0] >= 18 ? 0 : 1)' 2>/dev/null && command -v npm >/dev/null 2>&1 \
+  || { echo "cellblock: the tests need Node.js 18 or newer with npm (node, npm on PATH); install them and retry" >&2; exit 1; }
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all --check
@@ -27,6 +37,19 @@ if [ ! -x "$TOOLS/bin/python" ] || [ "$(cat "$TOOLS/.requirements" 2>/dev/null)"
   printf '%s' "$WANT" > "$TOOLS/.requirements"
 fi
 export CELLBLOCK_TEST_TOOLS="$TOOLS/bin"
+
+# The real @jupyterlab/services client (with ws) from tests/node's lockfile;
+# the JupyterLab test runs its script from this directory.
+NODE_DIR="$ROOT/target/test-node"
+WANT="$(cat tests/node/package.json tests/node/package-lock.json)"
+if [ ! -d "$NODE_DIR/node_modules" ] || [ "$(cat "$NODE_DIR/.lockfile" 2>/dev/null)" != "$WANT" ]; then
+  rm -rf "$NODE_DIR"
+  mkdir -p "$NODE_DIR"
+  cp tests/node/package.json tests/node/package-lock.json "$NODE_DIR/"
+  (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+  printf '%s' "$WANT" > "$NODE_DIR/.lockfile"
+fi
+export CELLBLOCK_TEST_NODE="$NODE_DIR"
 
 cargo test --locked --workspace -- "$@"
 cargo bench --locked --workspace --no-run

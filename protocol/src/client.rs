@@ -553,8 +553,9 @@ pub enum ExecutionEvent {
     /// A message on iopub whose parent is this execution (streams, displays,
     /// results, errors, status, `execute_input`, …).
     Iopub(Message),
-    /// The `execute_reply` on shell.
-    Reply(ExecuteReply),
+    /// The `execute_reply` on shell (the whole message; its content is
+    /// also kept, see [`Execution::reply`]).
+    Reply(Message),
     /// An `input_request` on stdin.
     InputRequest(Message),
     /// Anything else routed to this execution.
@@ -600,7 +601,7 @@ impl Execution {
         Some(match (channel, &msg.content) {
             (Channel::Shell, Content::ExecuteReply(r)) => {
                 self.reply = Some(r.clone());
-                ExecutionEvent::Reply(r.clone())
+                ExecutionEvent::Reply(msg)
             }
             (Channel::Iopub, Content::Status(s)) => {
                 if s.execution_state == "idle" {

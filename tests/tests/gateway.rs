@@ -56,7 +56,26 @@ async fn kernelspecs_name_the_python_image() {
     ] {
         assert!(!spec["spec"][key].is_null(), "{key} missing: {spec}");
     }
-    assert!(spec["resources"].is_object());
+    // The logos JupyterLab's launcher shows, served from the image.
+    for (key, mime, magic) in [
+        ("logo-64x64", "image/png", &b"\x89PNG"[..]),
+        ("logo-32x32", "image/png", &b"\x89PNG"[..]),
+        ("logo-svg", "image/svg+xml", &b"<"[..]),
+    ] {
+        let path = spec["resources"][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {key} in {spec}"));
+        let r = s.req(Method::GET, path).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], mime, "{path}");
+        let body = r.bytes().await.unwrap();
+        assert!(body.trim_ascii_start().starts_with(magic), "{path}");
+    }
+    let (status, v) = s
+        .call(s.req(Method::GET, "/kernelspecs/python3/..%2F..%2Fkernel.json"))
+        .await;
+    assert_eq!(status, 404);
+    check_error(&v);
     let (status, one) = s.call(s.req(Method::GET, "/api/kernelspecs/python3")).await;
     assert_eq!((status, &one), (200, spec));
     let (status, v) = s.call(s.req(Method::GET, "/api/kernelspecs/ruby")).await;

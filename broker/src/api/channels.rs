@@ -312,7 +312,12 @@ async fn converse(
                     Some(Ok(Ws::Binary(bytes))) if v1 => v1_decode(&bytes),
                     Some(Ok(Ws::Binary(bytes))) => legacy_binary_decode(&bytes),
                     Some(Ok(Ws::Text(_))) => Err(Refusal(1003, "this connection uses the v1 binary framing".into())),
-                    Some(Ok(Ws::Close(_))) | None => return None,
+                    Some(Ok(Ws::Close(_))) => {
+                        // Sends the close frame tungstenite queued in answer.
+                        let _ = futures_util::SinkExt::flush(socket).await;
+                        return None;
+                    }
+                    None => return None,
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => Err(Refusal(1009, e.to_string())),
                 };
@@ -388,7 +393,11 @@ async fn handle(
     }
     let channel = channel_of(v["channel"].as_str())?;
     let header = header_of(&v)?;
-    let tag = serde_json::to_value(&header).unwrap_or_default();
+    // Replies name the client's own header as their parent, verbatim.
+    let tag = match &v["header"] {
+        h @ Value::Object(o) if o.get("msg_id").is_some_and(Value::is_string) => h.clone(),
+        _ => serde_json::to_value(&header).unwrap_or_default(),
+    };
     let content = v.get("content").cloned().unwrap_or_else(|| json!({}));
     let mirror = Mirror {
         tx: tx.clone(),
@@ -451,14 +460,7 @@ async fn handle(
         (_, msg_type) => {
             let content = Content::decode(msg_type, content.to_string().as_bytes())
                 .map_err(|e| Refusal(1008, format!("bad content for {msg_type}: {e}")))?;
-            let s = sandbox.clone();
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(60),
-                    s.forward_request(channel, content, buffers, mirror),
-                )
-                .await;
-            });
+            sandbox.forward_request(channel, content, buffers, mirror);
         }
     }
     Ok(())

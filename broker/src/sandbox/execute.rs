@@ -23,7 +23,7 @@ use crate::isolation;
 use crate::isolation::beneath::Kind;
 use crate::trace::{blob_outputs, Finished};
 use cellblock_protocol::client::{Execution, ExecutionEvent, KernelClient};
-use cellblock_protocol::message::{Channel, Content, ErrorContent, ExecuteRequest, Message};
+use cellblock_protocol::message::{Channel, Content, ErrorContent, ExecuteRequest};
 use cellblock_protocol::outputs::{Dropped, Output, OutputLimits, Segment};
 use futures_util::FutureExt;
 use nix::sys::signal::Signal;
@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedMutexGuard};
 use tokio::task::JoinHandle;
 
 /// How an execution ended.
@@ -222,6 +222,10 @@ enum Ending {
 /// How long after `idle` an `execute_reply` may still arrive.
 const REPLY_AFTER_IDLE: Duration = Duration::from_secs(2);
 
+/// How long a forwarded request (`kernel_info`, `complete`, …) waits for its
+/// turn behind executions, as the kernel's own shell queue would make it.
+const FORWARD_WAIT: Duration = Duration::from_secs(3600);
+
 /// Decrements the active count when the execution ends, however it ends.
 struct ActiveGuard(Arc<Sandbox>);
 
@@ -267,8 +271,7 @@ impl Driver<'_> {
                         self.record.apply_iopub(&m);
                         self.record.mirror(Channel::Iopub, &m).await;
                     }
-                    Some(ExecutionEvent::Reply(r)) => {
-                        let reply = Message::new(Content::ExecuteReply(r), "", "kernel");
+                    Some(ExecutionEvent::Reply(reply)) => {
                         self.record.mirror(Channel::Shell, &reply).await;
                     }
                     Some(ExecutionEvent::InputRequest(m)) => {
@@ -352,18 +355,13 @@ impl Sandbox {
                 record.created_at,
             )
         });
-        // Take a place in the FIFO now, in submission order: polled once, the
-        // lock future is queued; the task then waits on that same future.
-        let mut turn = Box::pin(self.runtime.clone().lock_owned());
-        let ready = (&mut turn).now_or_never();
+        let turn = self.turn();
         let (sandbox, rec) = (self.clone(), record.clone());
         let handle = tokio::spawn(async move {
-            let rt = match ready {
-                Some(rt) => Some(rt),
-                None => tokio::select! {
-                    rt = turn => Some(rt),
-                    () = rec.cancelled() => None,
-                },
+            let rt = tokio::select! {
+                biased;
+                rt = turn => Some(rt),
+                () = rec.cancelled() => None,
             };
             // The runtime stays held until the result is recorded and
             // published, so the next execution starts after this one ended.
@@ -607,16 +605,51 @@ fn deleted_error() -> Option<ErrorContent> {
 impl Sandbox {
     /// Sends a Jupyter client's request that is not an execution
     /// (`kernel_info`, `complete`, `inspect`, `comm_*`, …) to the kernel, in
-    /// FIFO order with executions, and mirrors every message parented by it
-    /// until its reply and `idle` arrived (or 30 s passed).
-    pub async fn forward_request(
+    /// FIFO order with executions (its place is taken now, in call order),
+    /// and mirrors every message parented by it until its reply and `idle`
+    /// arrived (or 30 s passed).
+    pub fn forward_request(
         self: &Arc<Self>,
         channel: Channel,
         content: Content,
         buffers: Vec<bytes::Bytes>,
         mirror: super::record::Mirror,
+    ) {
+        let turn = self.turn();
+        let s = self.clone();
+        tokio::spawn(async move {
+            let Ok(rt) = tokio::time::timeout(FORWARD_WAIT, turn).await else {
+                tracing::warn!(sandbox_id = %s.id, "a forwarded request waited too long for its turn");
+                return;
+            };
+            let _ = s
+                .forward_in_turn(rt, channel, content, buffers, mirror)
+                .await;
+        });
+    }
+
+    /// A place in the sandbox's FIFO, taken now, in call order (the lock
+    /// future is polled once, which queues it); it resolves to the runtime
+    /// once every earlier holder is done.
+    fn turn(&self) -> impl std::future::Future<Output = OwnedMutexGuard<Runtime>> + Send + 'static {
+        let mut turn = Box::pin(self.runtime.clone().lock_owned());
+        let ready = (&mut turn).now_or_never();
+        async move {
+            match ready {
+                Some(rt) => rt,
+                None => turn.await,
+            }
+        }
+    }
+
+    async fn forward_in_turn(
+        self: &Arc<Self>,
+        mut rt: OwnedMutexGuard<Runtime>,
+        channel: Channel,
+        content: Content,
+        buffers: Vec<bytes::Bytes>,
+        mirror: super::record::Mirror,
     ) -> Result<(), SandboxError> {
-        let mut rt = self.runtime.lock().await;
         if self.deleted.load(Ordering::SeqCst) {
             return Err(SandboxError::Deleted);
         }
