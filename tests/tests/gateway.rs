@@ -385,6 +385,43 @@ async fn websocket_sessions_reconnect_and_carry_binary_buffers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_kernel_is_not_culled_until_its_last_connection_closes() {
+    let s = Server::start_with(&["--default-idle-timeout-s", "1"]);
+    let script = r#"
+import asyncio, json, sys, time, urllib.request, urllib.error
+from tornado.websocket import websocket_connect
+base = sys.argv[1]
+def status(kid):
+    try:
+        with urllib.request.urlopen(f"{base}/api/kernels/{kid}") as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+async def main():
+    req = urllib.request.Request(base + "/api/kernels", data=b"{}", method="POST")
+    kid = json.load(urllib.request.urlopen(req))["id"]
+    ws = await websocket_connect(base.replace("http", "ws") + f"/api/kernels/{kid}/channels")
+    await asyncio.sleep(3.5)  # well past the 1 s idle timeout
+    assert status(kid) == 200, "a connected kernel was culled"
+    ws.close()
+    for _ in range(100):
+        if status(kid) == 404:
+            print("culled", kid)
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("not culled after its connection closed")
+asyncio.run(main())
+"#;
+    let base = s.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        cellblock_tests::tools_python(script, &[std::ffi::OsStr::new(&base)])
+    })
+    .await
+    .unwrap();
+    assert!(out.starts_with("culled "), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nbconvert_executes_through_the_gateway_kernel_manager() {
     let s = Server::start();
     let dir = cellblock_tests::TempDir::new();

@@ -264,7 +264,9 @@ async fn serve(mut socket: WebSocket, state: AppState, sandbox: Arc<Sandbox>, se
             .await;
         return;
     };
+    let connected = sandbox.connected();
     let why = converse(&mut socket, v1, &state, &sandbox, &mut attached).await;
+    drop(connected);
     if let Some(Refusal(code, reason)) = why {
         tracing::info!(sandbox_id = %sandbox.id, %reason, "closing a kernel websocket");
         let _ = socket
@@ -275,6 +277,10 @@ async fn serve(mut socket: WebSocket, state: AppState, sandbox: Arc<Sandbox>, se
             .await;
     }
     hub.detach(sandbox.id, &session_id, attached);
+    if sandbox.is_deleted() {
+        // Culled or deleted through /v1: nothing to reconnect to.
+        hub.forget_kernel(sandbox.id);
+    }
 }
 
 /// Runs one connection: the backlog first, then messages both ways, until

@@ -127,6 +127,8 @@ pub struct Sandbox {
     last_activity: Mutex<SystemTime>,
     /// Executions queued or running.
     active: AtomicUsize,
+    /// Open Jupyter websocket connections: a connected kernel is not culled.
+    connections: AtomicUsize,
     executions: AtomicU64,
     deleted: AtomicBool,
     language_info: Mutex<JsonMap>,
@@ -185,6 +187,14 @@ impl Sandbox {
     /// True once the sandbox was deleted (or the server is stopping).
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::SeqCst)
+    }
+
+    /// Marks a Jupyter websocket connection open until the guard drops: the
+    /// sandbox is not culled meanwhile, and its idle time counts from when
+    /// the last connection closed.
+    pub fn connected(self: &Arc<Self>) -> Connected {
+        self.connections.fetch_add(1, Ordering::SeqCst);
+        Connected(self.clone())
     }
 
     /// Marks the sandbox as used now.
@@ -574,6 +584,7 @@ impl Manager {
             restarts: AtomicU64::new(0),
             last_activity: Mutex::new(now),
             active: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             executions: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
             language_info: Mutex::new(JsonMap::new()),
@@ -620,7 +631,11 @@ impl Manager {
         let idle: Vec<SandboxId> = self
             .read()
             .values()
-            .filter(|s| s.active.load(Ordering::SeqCst) == 0 && s.expires_at() <= now)
+            .filter(|s| {
+                s.active.load(Ordering::SeqCst) == 0
+                    && s.connections.load(Ordering::SeqCst) == 0
+                    && s.expires_at() <= now
+            })
             .map(|s| s.id)
             .collect();
         let mut n = 0;
@@ -682,5 +697,15 @@ impl Manager {
     /// True once shutdown began.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+/// An open Jupyter websocket connection to a sandbox; see
+/// [`Sandbox::connected`].
+pub struct Connected(Arc<Sandbox>);
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
     }
 }
