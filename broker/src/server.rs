@@ -124,6 +124,14 @@ pub async fn run(cfg: Config, image: Image) -> Result<(), ServeError> {
         m.shutdown().await;
         let _ = stopped_tx.send(());
     };
+    // Small frames (a websocket's status, reply, idle; an SSE event) go out
+    // at once: with Nagle's algorithm each waited for the client's delayed
+    // ACK, about 40 ms per round trip.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY");
+        }
+    });
     let served = axum::serve(listener, app).with_graceful_shutdown(on_signal);
     // Connections get a bounded time to drain once the kernels are gone.
     let drain_deadline = async {
