@@ -52,5 +52,8 @@ fi
 export CELLBLOCK_TEST_NODE="$NODE_DIR"
 
 cargo test --locked --workspace -- "$@"
+# The core, isolation and files tests again, every sandbox from a warm pool.
+CELLBLOCK_TEST_POOL_SIZE=2 cargo test --locked -p cellblock-tests \
+  --test execute --test isolation --test files -- "$@"
 cargo bench --locked --workspace --no-run
 echo "cellblock: all tests passed"

@@ -18,6 +18,8 @@ pub struct Config {
     pub api_key: Option<String>,
     /// Most live sandboxes.
     pub max_sandboxes: usize,
+    /// Ready sandboxes kept in the warm pool.
+    pub pool_size: usize,
     /// Default and largest `timeout_s` of an execution.
     pub default_timeout: Duration,
     pub max_timeout: Duration,
@@ -77,6 +79,7 @@ impl std::fmt::Debug for Config {
             .field("images_dir", &self.images_dir)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("max_sandboxes", &self.max_sandboxes)
+            .field("pool_size", &self.pool_size)
             .finish_non_exhaustive()
     }
 }
@@ -90,6 +93,7 @@ impl Config {
             images_dir,
             api_key: None,
             max_sandboxes: 64,
+            pool_size: 2,
             default_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(3600),
             interrupt_grace: Duration::from_secs(3),

@@ -131,6 +131,9 @@ struct ServeArgs {
     /// Most live sandboxes; more gives 429.
     #[arg(long, default_value_t = 64)]
     max_sandboxes: usize,
+    /// Sandboxes kept created and ready for the next creates (0: none).
+    #[arg(long, default_value_t = 2)]
+    pool_size: usize,
     /// Default execution timeout, seconds.
     #[arg(long, default_value_t = 30)]
     default_timeout_s: u64,
@@ -182,6 +185,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = Config::new(args.listen, data_dir, image.dir.clone());
     cfg.api_key = args.api_key.filter(|k| !k.is_empty());
     cfg.max_sandboxes = args.max_sandboxes;
+    cfg.pool_size = args.pool_size;
     cfg.default_timeout = Duration::from_secs(args.default_timeout_s);
     cfg.max_timeout = Duration::from_secs(args.max_timeout_s.max(args.default_timeout_s));
     cfg.default_idle_timeout = Duration::from_secs(args.default_idle_timeout_s.max(1));

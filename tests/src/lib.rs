@@ -150,7 +150,10 @@ impl Server {
         Self::start_with(&[])
     }
 
-    /// Starts a server with extra `serve` arguments.
+    /// Starts a server with extra `serve` arguments. Its warm pool is off
+    /// (tests count kernels) unless `args` sets `--pool-size` or
+    /// `CELLBLOCK_TEST_POOL_SIZE` does (`./scripts/test.sh` runs the core,
+    /// isolation and files tests again with a pool).
     pub fn start_with(args: &[&str]) -> Self {
         Self::start_in(temp_data_dir(), args)
     }
@@ -169,6 +172,7 @@ impl Server {
             .arg(&data_dir)
             .arg("--images-dir")
             .arg(images_dir())
+            .args(pool_args(args))
             .args(args)
             .env_remove("CELLBLOCK_API_KEY")
             .env("CELLBLOCK_LOG", "info,tower_http=warn,zeromq=warn")
@@ -193,6 +197,9 @@ impl Server {
                 panic!("cellblock did not start listening (see its log above)");
             }
         };
+        if !args.contains(&"--pool-size") {
+            wait_for_pool(&base);
+        }
         Self {
             child: Some(child),
             base,
@@ -521,4 +528,45 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `--pool-size` for a test server: `CELLBLOCK_TEST_POOL_SIZE`, or 0,
+/// unless the test sets it itself.
+fn pool_args(args: &[&str]) -> Vec<String> {
+    if args.contains(&"--pool-size") {
+        return Vec::new();
+    }
+    let size = std::env::var("CELLBLOCK_TEST_POOL_SIZE").unwrap_or_else(|_| "0".into());
+    vec!["--pool-size".into(), size]
+}
+
+/// With `CELLBLOCK_TEST_POOL_SIZE` set, waits (up to 60 s) until the warm
+/// pool is full, so the test's creates are served from it.
+fn wait_for_pool(base: &str) {
+    use std::io::{Read, Write};
+    let want = std::env::var("CELLBLOCK_TEST_POOL_SIZE").unwrap_or_default();
+    if want.is_empty() || want == "0" {
+        return;
+    }
+    let addr = base.trim_start_matches("http://").to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let mut answer = String::new();
+        if let Ok(mut t) = std::net::TcpStream::connect(&addr) {
+            let _ = write!(
+                t,
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            );
+            let _ = t.read_to_string(&mut answer);
+        }
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let ready = serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["pool"]["ready"].as_u64());
+        if ready.is_some_and(|n| n.to_string() == want) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the warm pool did not fill to {want} within 60 s");
 }

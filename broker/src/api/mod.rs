@@ -168,6 +168,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "sandboxes": m.list().len(),
         "image": {"name": m.image().name, "version": m.image().version},
+        "pool": {"size": m.config().pool_size, "ready": m.pool_ready()},
     });
     (code, Json(body)).into_response()
 }

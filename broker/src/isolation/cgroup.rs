@@ -138,31 +138,7 @@ impl Layout {
             layout: self.clone(),
             dirs,
         };
-        let mem = (limits.memory_mb * 1024 * 1024).to_string();
-        let quota = (limits.cpu_millis * PERIOD_US / 1000).max(1000);
-        let pids = limits.pids.to_string();
-        match self {
-            Layout::V1 { .. } => {
-                let (m, p, c) = (&cg.dirs[0], &cg.dirs[1], &cg.dirs[2]);
-                write(&m.join("memory.limit_in_bytes"), &mem)?;
-                // Without swap accounting the file is absent and there is no swap to limit.
-                let memsw = m.join("memory.memsw.limit_in_bytes");
-                if memsw.exists() {
-                    write(&memsw, &mem)?;
-                }
-                write(&m.join("memory.swappiness"), "0").ok();
-                write(&p.join("pids.max"), &pids)?;
-                write(&c.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
-                write(&c.join("cpu.cfs_quota_us"), &quota.to_string())?;
-            }
-            Layout::V2 { .. } => {
-                let d = &cg.dirs[0];
-                write(&d.join("memory.max"), &mem)?;
-                write(&d.join("memory.swap.max"), "0").ok();
-                write(&d.join("pids.max"), &pids)?;
-                write(&d.join("cpu.max"), &format!("{quota} {PERIOD_US}"))?;
-            }
-        }
+        cg.set_limits(limits)?;
         Ok(cg)
     }
 }
@@ -197,6 +173,46 @@ impl SandboxCgroup {
             layout: self.layout.clone(),
             dirs,
         })
+    }
+
+    /// Writes `limits` (at creation, or to a live sandbox taken from the
+    /// warm pool).
+    pub fn set_limits(&self, limits: Limits) -> Result<(), CgroupError> {
+        let mem = (limits.memory_mb * 1024 * 1024).to_string();
+        let quota = (limits.cpu_millis * PERIOD_US / 1000).max(1000);
+        let pids = limits.pids.to_string();
+        match &self.layout {
+            Layout::V1 { .. } => {
+                let (m, p, c) = (&self.dirs[0], &self.dirs[1], &self.dirs[2]);
+                // memsw must stay >= the memory limit: lowering goes memory
+                // first, raising memsw first. Without swap accounting the
+                // file is absent and there is no swap to limit.
+                let memsw = m.join("memory.memsw.limit_in_bytes");
+                let limit = m.join("memory.limit_in_bytes");
+                if memsw.exists() {
+                    if write(&limit, &mem).is_err() {
+                        write(&memsw, &mem)?;
+                        write(&limit, &mem)?;
+                    } else {
+                        write(&memsw, &mem)?;
+                    }
+                } else {
+                    write(&limit, &mem)?;
+                }
+                write(&m.join("memory.swappiness"), "0").ok();
+                write(&p.join("pids.max"), &pids)?;
+                write(&c.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
+                write(&c.join("cpu.cfs_quota_us"), &quota.to_string())?;
+            }
+            Layout::V2 { .. } => {
+                let d = &self.dirs[0];
+                write(&d.join("memory.max"), &mem)?;
+                write(&d.join("memory.swap.max"), "0").ok();
+                write(&d.join("pids.max"), &pids)?;
+                write(&d.join("cpu.max"), &format!("{quota} {PERIOD_US}"))?;
+            }
+        }
+        Ok(())
     }
 
     /// The `cgroup.procs` files a process writes itself into to join.

@@ -13,6 +13,7 @@ pub mod commands;
 pub mod execute;
 pub mod kernel;
 pub mod leftovers;
+pub mod pool;
 pub mod record;
 
 use crate::config::{Config, SandboxLimits};
@@ -133,6 +134,8 @@ pub struct Sandbox {
     deleted: AtomicBool,
     language_info: Mutex<JsonMap>,
     records: Mutex<record::Registry>,
+    /// Taken ready from the warm pool rather than started for its request.
+    pub from_pool: bool,
     /// Executions submitted so far (their order in the trace).
     submitted: AtomicU64,
     store: Arc<Store>,
@@ -156,6 +159,8 @@ pub struct SandboxView {
     pub pending_executions: usize,
     pub kernel_restarts: u64,
     pub language_info: JsonMap,
+    /// Taken ready from the warm pool.
+    pub from_pool: bool,
 }
 
 fn iso(t: SystemTime) -> String {
@@ -231,6 +236,7 @@ impl Sandbox {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            from_pool: self.from_pool,
         }
     }
 
@@ -368,6 +374,10 @@ pub struct Manager {
     layout: Layout,
     shutting_down: AtomicBool,
     store: Arc<Store>,
+    /// Ready sandboxes of the warm pool (see [`pool`]).
+    pool: Mutex<std::collections::VecDeque<Sandbox>>,
+    /// Wakes [`Manager::run_pool`] when one was taken.
+    pool_wake: tokio::sync::Notify,
 }
 
 /// Runs a trace write off the async worker's hot path; failures are logged.
@@ -410,6 +420,8 @@ impl Manager {
             layout,
             shutting_down: AtomicBool::new(false),
             store,
+            pool: Mutex::default(),
+            pool_wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -448,10 +460,33 @@ impl Manager {
             return Err(SandboxError::TooMany(max));
         }
         let mut slot = Slot(&self.slots, false);
+        let sandbox = match self.take_pooled(&opts).await {
+            Some(s) => s,
+            None => self.prepare(opts).await?,
+        };
+        let sandbox = Arc::new(sandbox);
+        let id = sandbox.id;
+        if self.shutting_down.load(Ordering::SeqCst) {
+            sandbox.teardown().await;
+            self.release_uid_slot(sandbox.slot);
+            return Err(SandboxError::ShuttingDown);
+        }
+        slot.1 = true;
+        let view = serde_json::to_value(sandbox.view()).unwrap_or_default();
+        let li = view["language_info"].clone();
+        sandbox.trace(|s| s.sandbox_created(&id.to_string(), &view, &li, sandbox.created_at));
+        self.write().insert(id, sandbox.clone());
+        tracing::info!(sandbox_id = %id, from_pool = sandbox.from_pool, "sandbox ready");
+        Ok(sandbox)
+    }
+
+    /// Makes a sandbox with `opts` and starts its kernel (for a request, or
+    /// for the warm pool).
+    async fn prepare(&self, opts: CreateOptions) -> Result<Sandbox, SandboxError> {
         let id = SandboxId(Uuid::new_v4());
         let (uid_slot, uid_lock) = self.take_uid_slot()?;
         let sandbox = match self.assemble(id, uid_slot, uid_lock, opts) {
-            Ok(s) => Arc::new(s),
+            Ok(s) => s,
             Err(e) => {
                 self.release_uid_slot(uid_slot);
                 return Err(e);
@@ -467,17 +502,6 @@ impl Manager {
             self.release_uid_slot(uid_slot);
             return Err(e);
         }
-        if self.shutting_down.load(Ordering::SeqCst) {
-            sandbox.teardown().await;
-            self.release_uid_slot(uid_slot);
-            return Err(SandboxError::ShuttingDown);
-        }
-        slot.1 = true;
-        let view = serde_json::to_value(sandbox.view()).unwrap_or_default();
-        let li = view["language_info"].clone();
-        sandbox.trace(|s| s.sandbox_created(&id.to_string(), &view, &li, sandbox.created_at));
-        self.write().insert(id, sandbox.clone());
-        tracing::info!(sandbox_id = %id, "sandbox ready");
         Ok(sandbox)
     }
 
@@ -589,6 +613,7 @@ impl Manager {
             deleted: AtomicBool::new(false),
             language_info: Mutex::new(JsonMap::new()),
             records: Mutex::new(record::Registry::default()),
+            from_pool: false,
             submitted: AtomicU64::new(0),
             store: self.store.clone(),
         })
@@ -691,6 +716,7 @@ impl Manager {
             }
         }
         while set.join_next().await.is_some() {}
+        self.drain_pool().await;
         tracing::info!("every kernel is stopped");
     }
 
