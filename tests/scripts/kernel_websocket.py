@@ -4,6 +4,7 @@ restart over REST while connected, input(), malformed frames. Asserts.
 """
 import asyncio, json, sys, uuid, urllib.request
 from tornado.websocket import websocket_connect
+from jupyter_frames import v1_decode, v1_encode
 BASE = sys.argv[1]
 def post(path, body=None):
     req = urllib.request.Request(BASE + path, data=json.dumps(body or {}).encode(), method="POST")
@@ -12,19 +13,6 @@ def post(path, body=None):
 def msg(msg_type, content, channel="shell", session="s1"):
     h = {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "session": session, "username": "t", "version": "5.3", "date": 1.5}
     return {"header": h, "parent_header": {}, "metadata": {}, "content": content, "channel": channel, "buffers": {}}
-def v1_encode(channel, m):
-    parts = [json.dumps(m[k]).encode() for k in ("header", "parent_header", "metadata", "content")]
-    offsets = [8 * (1 + 2 + len(parts))]
-    offsets.append(offsets[-1] + len(channel))
-    for p in parts:
-        offsets.append(offsets[-1] + len(p))
-    head = len(offsets).to_bytes(8, "little") + b"".join(o.to_bytes(8, "little") for o in offsets)
-    return head + channel.encode() + b"".join(parts)
-def v1_decode(raw):
-    n = int.from_bytes(raw[:8], "little")
-    offs = [int.from_bytes(raw[8 * (i + 1): 8 * (i + 2)], "little") for i in range(n)]
-    parts = [raw[offs[i]: offs[i + 1]] for i in range(n - 1)]
-    return (parts[0].decode(), *[json.loads(p) for p in parts[1:5]])
 async def collect(ws, parent_id, limit=20):
     """Messages parented to a request until both its reply and idle came
     (they arrive in either order)."""
@@ -106,7 +94,8 @@ async def main():
     while not (replied and idle):
         raw = await asyncio.wait_for(wv.read_message(), 20)
         assert isinstance(raw, bytes), raw
-        channel, header, parent, metadata, content = v1_decode(raw)
+        d = v1_decode(raw)
+        channel, header, parent, content = d["channel"], d["header"], d["parent_header"], d["content"]
         if parent.get("msg_id") != m["header"]["msg_id"]:
             continue
         got.append((channel, header["msg_type"], content))

@@ -9,6 +9,7 @@ Usage: kernel_websocket_sessions.py BASE MAX_BODY_BYTES
 """
 import asyncio, json, struct, sys, time, uuid, urllib.request
 from tornado.websocket import websocket_connect
+from jupyter_frames import v1_decode, v1_encode
 
 BASE, MAX_BODY = sys.argv[1], int(sys.argv[2])
 V1 = "v1.kernel.websocket.jupyter.org"
@@ -50,27 +51,6 @@ def legacy_decode(raw):
     parts = [raw[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
     m = json.loads(parts[0])
     m["buffers"] = parts[1:]
-    return m
-
-
-def v1_encode(channel, m, buffers=()):
-    parts = [json.dumps(m[k]).encode() for k in ("header", "parent_header", "metadata", "content")] + list(buffers)
-    offsets = [8 * (1 + 2 + len(parts))]
-    offsets.append(offsets[-1] + len(channel))
-    for p in parts:
-        offsets.append(offsets[-1] + len(p))
-    head = len(offsets).to_bytes(8, "little") + b"".join(o.to_bytes(8, "little") for o in offsets)
-    return head + channel.encode() + b"".join(parts)
-
-
-def v1_decode(raw):
-    n = int.from_bytes(raw[:8], "little")
-    offs = [int.from_bytes(raw[8 * (i + 1): 8 * (i + 2)], "little") for i in range(n)]
-    parts = [raw[offs[i]: offs[i + 1]] for i in range(n - 1)]
-    m = {k: json.loads(p) for k, p in zip(("header", "parent_header", "metadata", "content"), parts[1:5])}
-    m["channel"] = parts[0].decode()
-    m["msg_type"] = m["header"]["msg_type"]
-    m["buffers"] = parts[5:]
     return m
 
 

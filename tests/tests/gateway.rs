@@ -314,30 +314,38 @@ fn script(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_kernel_websocket_speaks_jupyter() {
-    let s = Server::start();
+/// Runs a websocket client script from tests/scripts against `s` (base URL,
+/// then `args`); it must succeed, and its last line is `ok KERNEL_ID`.
+async fn run_client(s: &Server, name: &'static str, args: &[usize]) -> String {
     let base = s.base.clone();
+    let args: Vec<String> = args.iter().map(ToString::to_string).collect();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(cellblock_tests::tools().join("python"))
-            .arg(script("kernel_websocket.py"))
+            .arg(script(name))
             .arg(&base)
+            .args(&args)
             .output()
             .expect("running the websocket client")
     })
     .await
     .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
+        "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let kid = stdout
+    stdout
         .trim()
         .strip_prefix("ok ")
-        .expect("the script's last line");
+        .expect("the script's last line")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kernel_websocket_speaks_jupyter() {
+    let s = Server::start();
+    let kid = run_client(&s, "kernel_websocket.py", &[]).await;
     // Everything ran in a traced sandbox.
     let (status, nb) = s
         .call(s.req(Method::GET, &format!("/v1/sandboxes/{kid}/notebook")))
@@ -355,29 +363,8 @@ async fn the_kernel_websocket_speaks_jupyter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_sessions_reconnect_and_carry_binary_buffers() {
     let s = Server::start_with(&["--max-body-mb", "1"]);
-    let base = s.base.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(cellblock_tests::tools().join("python"))
-            .arg(script("kernel_websocket_sessions.py"))
-            .arg(&base)
-            .arg((1024 * 1024).to_string())
-            .output()
-            .expect("running the websocket client")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let kid = run_client(&s, "kernel_websocket_sessions.py", &[1024 * 1024]).await;
     // The kernel is gone from /v1 too.
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let kid = stdout
-        .trim()
-        .strip_prefix("ok ")
-        .expect("the script's last line");
     let (status, _) = s
         .call(s.req(Method::GET, &format!("/v1/sandboxes/{kid}")))
         .await;

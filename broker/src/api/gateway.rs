@@ -281,11 +281,13 @@ pub async fn delete(
 ) -> Result<StatusCode, GwError> {
     let s = kernel(&state, &id)?;
     state.sessions.forget_kernel(s.id);
-    state.kernel_sessions.forget_kernel(s.id);
     let manager = state.manager.clone();
-    tokio::spawn(async move { manager.delete(s.id).await })
+    let id = s.id;
+    tokio::spawn(async move { manager.delete(id).await })
         .await
         .map_err(|e| GwError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    // After the delete, so its websockets close saying the kernel is gone.
+    state.kernel_sessions.forget_kernel(id);
     Ok(StatusCode::NO_CONTENT)
 }
 
