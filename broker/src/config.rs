@@ -20,6 +20,8 @@ pub struct Config {
     pub max_sandboxes: usize,
     /// Ready sandboxes kept in the warm pool.
     pub pool_size: usize,
+    /// Modules every kernel imports before it starts (`--preload`).
+    pub preload: Vec<String>,
     /// Default and largest `timeout_s` of an execution.
     pub default_timeout: Duration,
     pub max_timeout: Duration,
@@ -80,6 +82,7 @@ impl std::fmt::Debug for Config {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("max_sandboxes", &self.max_sandboxes)
             .field("pool_size", &self.pool_size)
+            .field("preload", &self.preload)
             .finish_non_exhaustive()
     }
 }
@@ -94,6 +97,7 @@ impl Config {
             api_key: None,
             max_sandboxes: 64,
             pool_size: 2,
+            preload: Vec::new(),
             default_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(3600),
             interrupt_grace: Duration::from_secs(3),

@@ -58,7 +58,21 @@ class CellblockKernelApp(IPKernelApp):
         return super()._bind_socket(s, port)
 
 
+def preload():
+    """Imports the modules named in CELLBLOCK_PRELOAD (the broker's
+    --preload), from the image only: before the user's paths are added.
+    The variable is removed, so user code does not see it."""
+    import importlib
+
+    for name in filter(None, os.environ.pop("CELLBLOCK_PRELOAD", "").split(",")):
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # a missing module must not stop the kernel
+            print(f"cellblock: preloading {name} failed: {e!r}", file=sys.stderr)
+
+
 def main():
+    preload()
     extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     sys.path[0:0] = [""] + extra
     CellblockKernelApp.launch_instance()

@@ -188,3 +188,39 @@ async fn a_dead_pooled_kernel_is_replaced_and_shutdown_leaves_nothing() {
         s.kernels()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preloaded_modules_are_imported_before_the_first_cell() {
+    // A module that does not exist is reported on the kernel's stderr and
+    // skipped; the kernel starts anyway.
+    let s = Server::start_with(&[
+        "--pool-size",
+        "1",
+        "--preload",
+        "numpy, matplotlib.pyplot,no_such_module_cb",
+    ]);
+    wait_pool(&s, 1).await;
+    for body in [json!({}), json!({"limits": {"disk_mb": 300}})] {
+        let v = create_view(&s, body).await;
+        let id = v["id"].as_str().unwrap();
+        let r = s
+            .exec(
+                id,
+                "import sys, os\nprint(all(m in sys.modules for m in ('numpy', 'matplotlib.pyplot')), 'CELLBLOCK_PRELOAD' in os.environ, 'np' in globals())",
+            )
+            .await;
+        assert_eq!(r["stdout"], "True False False\n", "{v} {r}");
+        assert_eq!(r["execution_count"], 1, "{r}");
+    }
+    // Only module names are accepted.
+    let out = std::process::Command::new(cellblock_tests::binary())
+        .args(["serve", "--preload", "os;import shutil"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a module name"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

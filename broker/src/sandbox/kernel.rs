@@ -56,6 +56,8 @@ pub struct KernelSpec<'a> {
     pub generation: u64,
     pub start_timeout: Duration,
     pub max_message_bytes: usize,
+    /// Modules the launcher imports before the kernel starts (`--preload`).
+    pub preload: &'a [String],
 }
 
 /// Size of the tmpfs holding a kernel's sockets, connection file and caches.
@@ -154,6 +156,12 @@ impl KernelProcess {
             ("MPLCONFIGDIR", mpl.display().to_string()),
         ] {
             env.insert(k.to_owned(), v);
+        }
+        // Read and removed by the launcher before user code runs.
+        if spec.preload.is_empty() {
+            env.remove("CELLBLOCK_PRELOAD");
+        } else {
+            env.insert("CELLBLOCK_PRELOAD".into(), spec.preload.join(","));
         }
         let mut jail = spec.jail.clone();
         jail.argv = vec![

@@ -251,6 +251,7 @@ impl Sandbox {
             generation,
             start_timeout: self.cfg.kernel_start_timeout,
             max_message_bytes: self.cfg.max_kernel_message_bytes,
+            preload: &self.cfg.preload,
         })
         .await?;
         self.kernel_pid.store(kernel.pid, Ordering::SeqCst);
