@@ -393,7 +393,7 @@ impl Sandbox {
             drop(result);
             sandbox
                 .records()
-                .enforce_budget(sandbox.cfg.execution_retention_bytes);
+                .finished(&rec, sandbox.cfg.execution_retention_bytes);
             drop(guard);
             raw
         });

@@ -629,6 +629,10 @@ fn raw<S: serde::Serializer>(v: &Option<Arc<RawValue>>, s: S) -> Result<S::Ok, S
 pub struct Registry {
     order: VecDeque<Arc<ExecutionRecord>>,
     by_id: HashMap<ExecutionId, Arc<ExecutionRecord>>,
+    /// Finished records not evicted yet, in the order they finished, with
+    /// the bytes each held then; `retained` is their sum.
+    evictable: VecDeque<(Arc<ExecutionRecord>, usize)>,
+    retained: usize,
 }
 
 /// Most records kept per sandbox; the oldest finished go first.
@@ -669,28 +673,20 @@ impl Registry {
             .cloned()
     }
 
-    /// Drops the bulky parts of the oldest finished records until the rest
-    /// fit in `budget` bytes. The newest finished record is always kept whole.
-    pub fn enforce_budget(&self, budget: usize) {
-        let mut total: usize = self.order.iter().map(|r| r.retained_bytes()).sum();
-        let newest_finished = self
-            .order
-            .iter()
-            .rev()
-            .find(|r| r.state() == State::Finished)
-            .map(|r| r.id);
-        for r in &self.order {
-            if total <= budget {
+    /// Counts a record that just finished, then drops the bulky parts of
+    /// the oldest finished records until the rest fit in `budget` bytes.
+    /// The newest finished record is always kept whole. Constant time per
+    /// call, amortised (a sandbox may keep 100,000 records).
+    pub fn finished(&mut self, record: &Arc<ExecutionRecord>, budget: usize) {
+        let bytes = record.retained_bytes();
+        self.retained += bytes;
+        self.evictable.push_back((record.clone(), bytes));
+        while self.retained > budget && self.evictable.len() > 1 {
+            let Some((r, bytes)) = self.evictable.pop_front() else {
                 break;
-            }
-            if Some(r.id) == newest_finished || r.state() != State::Finished {
-                continue;
-            }
-            let bytes = r.retained_bytes();
-            if bytes > 0 {
-                r.evict();
-                total -= bytes;
-            }
+            };
+            r.evict();
+            self.retained -= bytes;
         }
     }
 }
@@ -776,5 +772,56 @@ mod tests {
         let r = record(1 << 20);
         assert!(r.start());
         assert_eq!(r.cancel(), CancelOutcome::Running);
+    }
+
+    #[test]
+    fn the_oldest_finished_records_are_evicted_past_the_budget() {
+        let mut reg = Registry::default();
+        let mut all = Vec::new();
+        for _ in 0..50 {
+            let r = record(1 << 20);
+            reg.insert(r.clone());
+            assert!(r.start());
+            r.push(
+                "stdout",
+                Text {
+                    text: &"x".repeat(1000),
+                },
+            );
+            r.finish(
+                &ExecutionResult::ended(r.id, ExecStatus::Ok, None),
+                SystemTime::now(),
+            );
+            reg.finished(&r, 10_000);
+            all.push(r);
+        }
+        let kept: Vec<bool> = all.iter().map(|r| !r.is_evicted()).collect();
+        // The newest ones fit; the oldest were evicted, in order.
+        let first_kept = kept.iter().position(|k| *k).unwrap();
+        assert!(
+            first_kept > 0 && kept[first_kept..].iter().all(|k| *k),
+            "{kept:?}"
+        );
+        assert!(reg.retained <= 10_000);
+        assert_eq!(
+            reg.retained,
+            all[first_kept..]
+                .iter()
+                .map(|r| r.retained_bytes())
+                .sum::<usize>()
+        );
+        // The newest is kept whole even when it alone is over the budget.
+        let mut reg = Registry::default();
+        reg.insert(all[0].clone());
+        let r = record(1 << 20);
+        reg.insert(r.clone());
+        assert!(r.start());
+        r.push("stdout", Text { text: "y" });
+        r.finish(
+            &ExecutionResult::ended(r.id, ExecStatus::Ok, None),
+            SystemTime::now(),
+        );
+        reg.finished(&r, 0);
+        assert!(!r.is_evicted());
     }
 }

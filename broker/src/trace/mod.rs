@@ -240,19 +240,21 @@ impl Store {
         code: &str,
         created: SystemTime,
     ) -> Result<(), TraceError> {
-        self.lock().execute(
+        // Cached statements: these three run for every execution.
+        self.lock().prepare_cached(
             "INSERT INTO executions (id, sandbox_id, ordinal, code, state, created_at) VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
-            params![id, sandbox_id, ordinal as i64, code, iso(created)],
-        )?;
+        )?
+        .execute(params![id, sandbox_id, ordinal as i64, code, iso(created)])?;
         Ok(())
     }
 
     /// Records that an execution began running.
     pub fn execution_started(&self, id: &str, started: SystemTime) -> Result<(), TraceError> {
-        self.lock().execute(
-            "UPDATE executions SET state = 'running', started_at = ?2 WHERE id = ?1",
-            params![id, iso(started)],
-        )?;
+        self.lock()
+            .prepare_cached(
+                "UPDATE executions SET state = 'running', started_at = ?2 WHERE id = ?1",
+            )?
+            .execute(params![id, iso(started)])?;
         Ok(())
     }
 
@@ -261,24 +263,22 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         for (hash, data) in &f.blobs {
-            tx.execute(
-                "INSERT OR IGNORE INTO blobs (hash, data) VALUES (?1, ?2)",
-                params![hash, data],
-            )?;
+            tx.prepare_cached("INSERT OR IGNORE INTO blobs (hash, data) VALUES (?1, ?2)")?
+                .execute(params![hash, data])?;
         }
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE executions SET state = 'finished', status = ?2, execution_count = ?3,
              started_at = ?4, finished_at = ?5, duration_ms = ?6, result = ?7 WHERE id = ?1",
-            params![
-                f.id,
-                f.status,
-                f.execution_count,
-                f.started.map(iso),
-                iso(f.finished),
-                f.duration_ms as i64,
-                f.result_json
-            ],
-        )?;
+        )?
+        .execute(params![
+            f.id,
+            f.status,
+            f.execution_count,
+            f.started.map(iso),
+            iso(f.finished),
+            f.duration_ms as i64,
+            f.result_json
+        ])?;
         tx.commit()?;
         Ok(())
     }
