@@ -25,3 +25,19 @@ if ((${#need_pkgs[@]})); then
   fi
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cellblock: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
+
+# make_venv DIR REQUIREMENTS...: a venv in DIR with the pinned requirement
+# files installed, re-created only when their text changes.
+make_venv() {
+  local dir="$1"
+  shift
+  local want
+  want="$(cat "$@")"
+  if [ ! -x "$dir/bin/python" ] || [ "$(cat "$dir/.requirements" 2>/dev/null)" != "$want" ]; then
+    echo "cellblock: installing $* into $dir" >&2
+    rm -rf "$dir"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install --quiet --disable-pip-version-check "${@/#/-r}" >&2
+    printf '%s' "$want" > "$dir/.requirements"
+  fi
+}

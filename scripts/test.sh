@@ -27,16 +27,8 @@ export CELLBLOCK_TEST_PYTHON="$IMAGE_DIR/venv/bin/python"
 
 # Notebook tools for the trace tests (nbformat, nbconvert) next to the image's
 # packages, so an exported session can be validated and re-executed locally.
-TOOLS="$ROOT/target/test-tools"
-WANT="$(cat kernel-images/python/requirements.txt tests/requirements.txt)"
-if [ ! -x "$TOOLS/bin/python" ] || [ "$(cat "$TOOLS/.requirements" 2>/dev/null)" != "$WANT" ]; then
-  rm -rf "$TOOLS"
-  python3 -m venv "$TOOLS"
-  "$TOOLS/bin/pip" install --quiet --disable-pip-version-check \
-    -r kernel-images/python/requirements.txt -r tests/requirements.txt
-  printf '%s' "$WANT" > "$TOOLS/.requirements"
-fi
-export CELLBLOCK_TEST_TOOLS="$TOOLS/bin"
+make_venv "$ROOT/target/test-tools" kernel-images/python/requirements.txt tests/requirements.txt
+export CELLBLOCK_TEST_TOOLS="$ROOT/target/test-tools/bin"
 
 # The real @jupyterlab/services client (with ws) from tests/node's lockfile;
 # the JupyterLab test runs its script from this directory.
