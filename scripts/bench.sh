@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmarks on a release build: the whole suite (tests/benches/
 # suite.rs, about 5 minutes) by default, or the benches named as arguments
-# (suite roundtrip streaming files replay gateway). Tables on stdout, JSON in
+# (suite streaming files replay gateway). Tables on stdout, JSON in
 # target/bench/<name>.json. Installs what it needs, like scripts/test.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"

@@ -191,30 +191,16 @@ impl Drop for Jkg {
 
 /// Runs `ws_roundtrip.py` against `base`; returns its JSON.
 async fn roundtrip(tools: &Path, base: &str, n: usize, warmup: usize, quickack: bool) -> Value {
-    let mut cmd = Command::new(tools.join("python"));
-    cmd.arg(workspace_root().join("tests/scripts/ws_roundtrip.py"))
-        .arg(base)
-        .args(["--n", &n.to_string(), "--warmup", &warmup.to_string()])
-        .stdin(Stdio::null());
+    let mut args: Vec<String> = vec![
+        "--n".into(),
+        n.to_string(),
+        "--warmup".into(),
+        warmup.to_string(),
+    ];
     if quickack {
-        cmd.arg("--quickack");
+        args.push("--quickack".into());
     }
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("join")
-        .expect("running ws_roundtrip.py");
-    assert!(
-        out.status.success(),
-        "ws_roundtrip.py {base} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "ws_roundtrip.py printed no JSON ({e}):\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    cellblock_tests::ws_roundtrip(tools.join("python"), base, args).await
 }
 
 fn ms(v: &Value, key: &str) -> f64 {

@@ -82,13 +82,6 @@ fn knob(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
 /// n, median, p90, p95, p99, mean, min and max of some durations, in ms.
 fn stats(v: &[Duration]) -> Value {
     if v.is_empty() {
@@ -457,30 +450,14 @@ async fn zmq_exec(client: &KernelClient, code: &str) -> Duration {
     took
 }
 
-/// Runs `tests/scripts/ws_roundtrip.py` against `base`; returns its JSON.
+/// The websocket round trip of `pass`, with the test tools' python.
 async fn ws_roundtrip(base: &str, n: usize, warmup: usize) -> Value {
-    let mut cmd = std::process::Command::new(cellblock_tests::tools().join("python"));
-    cmd.arg(workspace_root().join("tests/scripts/ws_roundtrip.py"))
-        .arg(base)
-        .args(["--n", &n.to_string(), "--warmup", &warmup.to_string()])
-        .args(["--print-n", "0", "--deadline", "600"])
-        .stdin(Stdio::null());
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("join")
-        .expect("running ws_roundtrip.py");
-    assert!(
-        out.status.success(),
-        "ws_roundtrip.py failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "ws_roundtrip.py printed no JSON ({e}):\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    let args = ["--n", &n.to_string(), "--warmup", &warmup.to_string()]
+        .into_iter()
+        .chain(["--print-n", "0", "--deadline", "600"])
+        .map(str::to_owned)
+        .collect();
+    cellblock_tests::ws_roundtrip(cellblock_tests::tools().join("python"), base, args).await
 }
 
 /// Memory of one sandbox's processes, KiB.

@@ -570,3 +570,30 @@ fn wait_for_pool(base: &str) {
     }
     panic!("the warm pool did not fill to {want} within 60 s");
 }
+
+/// Runs `tests/scripts/ws_roundtrip.py` (the Jupyter websocket round-trip
+/// client the benches share) with `python` against `base`, with extra
+/// `args`; returns the JSON it prints.
+pub async fn ws_roundtrip(python: PathBuf, base: &str, args: Vec<String>) -> serde_json::Value {
+    let mut cmd = Command::new(python);
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ws_roundtrip.py"))
+        .arg(base)
+        .args(&args)
+        .stdin(Stdio::null());
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("running ws_roundtrip.py");
+    assert!(
+        out.status.success(),
+        "ws_roundtrip.py {base} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "ws_roundtrip.py printed no JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
