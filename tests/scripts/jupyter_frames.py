@@ -1,6 +1,7 @@
-"""The v1.kernel.websocket.jupyter.org binary framing, for the test clients:
-a little-endian u64 count of offsets, the offsets, the channel, then
-header, parent header, metadata, content and buffers."""
+"""Shared by the websocket test clients: the v1.kernel.websocket.jupyter.org
+binary framing (a little-endian u64 count of offsets, the offsets, the
+channel, then header, parent header, metadata, content and buffers), and
+reading a request's messages until it is done."""
 import json
 
 
@@ -23,3 +24,19 @@ def v1_decode(raw):
     m["msg_type"] = m["header"]["msg_type"]
     m["buffers"] = parts[5:]
     return m
+
+
+async def gather_until_done(read, parent_id, out=None):
+    """Awaits `read()` for messages, keeping in `out` those parented to
+    `parent_id`, until its reply and its idle status both came (they arrive
+    in either order)."""
+    out = [] if out is None else out
+    replied = idle = False
+    while not (replied and idle):
+        m = await read()
+        if m["parent_header"].get("msg_id") != parent_id:
+            continue
+        out.append(m)
+        replied |= m["msg_type"].endswith("_reply")
+        idle |= m["msg_type"] == "status" and m["content"]["execution_state"] == "idle"
+    return out

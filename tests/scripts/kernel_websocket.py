@@ -4,7 +4,7 @@ restart over REST while connected, input(), malformed frames. Asserts.
 """
 import asyncio, json, sys, uuid, urllib.request
 from tornado.websocket import websocket_connect
-from jupyter_frames import v1_decode, v1_encode
+from jupyter_frames import gather_until_done, v1_decode, v1_encode
 BASE = sys.argv[1]
 def post(path, body=None):
     req = urllib.request.Request(BASE + path, data=json.dumps(body or {}).encode(), method="POST")
@@ -14,18 +14,10 @@ def msg(msg_type, content, channel="shell", session="s1"):
     h = {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "session": session, "username": "t", "version": "5.3", "date": 1.5}
     return {"header": h, "parent_header": {}, "metadata": {}, "content": content, "channel": channel, "buffers": {}}
 async def collect(ws, parent_id, limit=20):
-    """Messages parented to a request until both its reply and idle came
-    (they arrive in either order)."""
-    out = []
-    replied = idle = False
-    while not (replied and idle):
-        m = json.loads(await asyncio.wait_for(ws.read_message(), limit))
-        if m["parent_header"].get("msg_id") != parent_id:
-            continue
-        out.append(m)
-        replied |= m["msg_type"].endswith("_reply")
-        idle |= m["msg_type"] == "status" and m["content"]["execution_state"] == "idle"
-    return out
+    """Messages parented to a request until both its reply and idle came."""
+    async def read():
+        return json.loads(await asyncio.wait_for(ws.read_message(), limit))
+    return await gather_until_done(read, parent_id)
 async def main():
     st, k = post("/api/kernels", {"name": "python3"})
     kid = k["id"]

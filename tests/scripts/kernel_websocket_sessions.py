@@ -9,7 +9,7 @@ Usage: kernel_websocket_sessions.py BASE MAX_BODY_BYTES
 """
 import asyncio, json, struct, sys, time, uuid, urllib.request
 from tornado.websocket import websocket_connect
-from jupyter_frames import v1_decode, v1_encode
+from jupyter_frames import gather_until_done, v1_decode, v1_encode
 
 BASE, MAX_BODY = sys.argv[1], int(sys.argv[2])
 V1 = "v1.kernel.websocket.jupyter.org"
@@ -65,15 +65,7 @@ async def read(ws, v1=False, limit=20):
 async def until_done(ws, parent_id, out, v1=False):
     """Reads into `out` the messages parented to `parent_id` until its reply
     and idle both came."""
-    replied = idle = False
-    while not (replied and idle):
-        m = await read(ws, v1)
-        if m["parent_header"].get("msg_id") != parent_id:
-            continue
-        out.append(m)
-        replied |= m["msg_type"].endswith("_reply")
-        idle |= m["msg_type"] == "status" and m["content"]["execution_state"] == "idle"
-    return out
+    return await gather_until_done(lambda: read(ws, v1), parent_id, out)
 
 
 def connections(kid):
