@@ -249,6 +249,45 @@ fn v1_decode(frame: &[u8]) -> Result<Incoming, Refusal> {
     Ok(Incoming { v, buffers })
 }
 
+/// Largest client header kept verbatim as its replies' `parent_header`.
+const MAX_TAG_BYTES: usize = 4096;
+/// How long a close frame may take to go out.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// How long one frame may take to reach a client that stopped reading.
+const SEND_STALL: Duration = Duration::from_secs(30);
+
+async fn close(socket: &mut WebSocket, code: u16, reason: String) {
+    let frame = Ws::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    let _ = tokio::time::timeout(CLOSE_WAIT, socket.send(frame)).await;
+}
+
+/// Sends one message; gives up when the connection is replaced or the
+/// client has not taken the frame within [`SEND_STALL`], so a client that
+/// stops reading cannot hold its session (and through it the kernel's
+/// mirrors) for longer. `Err` carries why the connection ends.
+async fn send_bounded(
+    socket: &mut WebSocket,
+    v1: bool,
+    (parent, channel, msg): &Mirrored,
+    replaced: &tokio_util::sync::CancellationToken,
+) -> Result<(), Option<Refusal>> {
+    let send = socket.send(frame(v1, parent, *channel, msg));
+    tokio::select! {
+        sent = tokio::time::timeout(SEND_STALL, send) => match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(None),
+            Err(_) => Err(Some(Refusal(1008, "the client has not read for 30 s".into()))),
+        },
+        () = replaced.cancelled() => Err(Some(Refusal(
+            1000,
+            "replaced by a newer connection with this session_id".into(),
+        ))),
+    }
+}
+
 async fn serve(mut socket: WebSocket, state: AppState, sandbox: Arc<Sandbox>, session_id: String) {
     let v1 = socket
         .protocol()
@@ -256,12 +295,7 @@ async fn serve(mut socket: WebSocket, state: AppState, sandbox: Arc<Sandbox>, se
     let hub = state.kernel_sessions.clone();
     let Some(mut attached) = hub.attach(sandbox.id, &session_id) else {
         let reason = format!("this kernel already has {MAX_SESSIONS} connected sessions");
-        let _ = socket
-            .send(Ws::Close(Some(CloseFrame {
-                code: 1013,
-                reason: reason.into(),
-            })))
-            .await;
+        close(&mut socket, 1013, reason).await;
         return;
     };
     let connected = sandbox.connected();
@@ -269,12 +303,7 @@ async fn serve(mut socket: WebSocket, state: AppState, sandbox: Arc<Sandbox>, se
     drop(connected);
     if let Some(Refusal(code, reason)) = why {
         tracing::info!(sandbox_id = %sandbox.id, %reason, "closing a kernel websocket");
-        let _ = socket
-            .send(Ws::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
+        close(&mut socket, code, reason).await;
     }
     hub.detach(sandbox.id, &session_id, attached);
     if sandbox.is_deleted() {
@@ -294,17 +323,11 @@ async fn converse(
 ) -> Option<Refusal> {
     let backlog = std::mem::take(&mut attached.backlog);
     let mut backlog = backlog.into_iter();
-    while let Some((parent, channel, msg)) = backlog.next() {
-        if socket
-            .send(frame(v1, &parent, channel, &msg))
-            .await
-            .is_err()
-        {
+    while let Some(item) = backlog.next() {
+        if let Err(why) = send_bounded(socket, v1, &item, &attached.replaced).await {
             // Not delivered: kept for the next connection.
-            attached.backlog = std::iter::once((parent, channel, msg))
-                .chain(backlog)
-                .collect();
-            return None;
+            attached.backlog = std::iter::once(item).chain(backlog).collect();
+            return why;
         }
     }
     let mut deleted = tokio::time::interval(Duration::from_secs(1));
@@ -320,7 +343,8 @@ async fn converse(
                     Some(Ok(Ws::Text(_))) => Err(Refusal(1003, "this connection uses the v1 binary framing".into())),
                     Some(Ok(Ws::Close(_))) => {
                         // Sends the close frame tungstenite queued in answer.
-                        let _ = futures_util::SinkExt::flush(socket).await;
+                        let flush = futures_util::SinkExt::flush(socket);
+                        let _ = tokio::time::timeout(CLOSE_WAIT, flush).await;
                         return None;
                     }
                     None => return None,
@@ -335,9 +359,11 @@ async fn converse(
                     return Some(r);
                 }
             }
-            Some((parent, channel, msg)) = attached.rx.recv() => {
-                if socket.send(frame(v1, &parent, channel, &msg)).await.is_err() {
-                    return None;
+            Some(item) = attached.rx.recv() => {
+                if let Err(why) = send_bounded(socket, v1, &item, &attached.replaced).await {
+                    // Not delivered: kept for the next connection.
+                    attached.backlog.push(item);
+                    return why;
                 }
             }
             () = attached.replaced.cancelled() => {
@@ -365,16 +391,20 @@ fn header_of(v: &Value) -> Result<Header, Refusal> {
         .as_str()
         .or_else(|| v["msg_type"].as_str())
         .ok_or_else(|| bad("header.msg_type"))?;
+    if msg_id.len() > 256 || msg_type.len() > 256 {
+        return Err(Refusal(
+            1008,
+            "msg_id and msg_type are at most 256 bytes".into(),
+        ));
+    }
     let mut h = Header::new(msg_type, "", "");
     h.msg_id = msg_id.to_owned();
-    h.session = v["header"]["session"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    h.username = v["header"]["username"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let short = |key: &str| -> String {
+        let s = v["header"][key].as_str().unwrap_or_default();
+        s.chars().take(256).collect()
+    };
+    h.session = short("session");
+    h.username = short("username");
     Ok(h)
 }
 
@@ -399,9 +429,16 @@ async fn handle(
     }
     let channel = channel_of(v["channel"].as_str())?;
     let header = header_of(&v)?;
-    // Replies name the client's own header as their parent, verbatim.
+    // Replies name the client's own header as their parent, verbatim when
+    // it is of a sane size (it is copied into every reply and kept in
+    // backlogs); otherwise the fields that matter.
     let tag = match &v["header"] {
-        h @ Value::Object(o) if o.get("msg_id").is_some_and(Value::is_string) => h.clone(),
+        h @ Value::Object(o)
+            if o.get("msg_id").is_some_and(Value::is_string)
+                && serde_json::to_vec(h).map_or(usize::MAX, |b| b.len()) <= MAX_TAG_BYTES =>
+        {
+            h.clone()
+        }
         _ => serde_json::to_value(&header).unwrap_or_default(),
     };
     let content = v.get("content").cloned().unwrap_or_else(|| json!({}));
@@ -409,13 +446,13 @@ async fn handle(
         tx: tx.clone(),
         tag: tag.clone(),
     };
-    // Replies the bridge makes go through the same queue, from a task: the
-    // loop that drains the queue is the one running this function.
+    // Replies the bridge makes go through the session's queue (drained by
+    // its pump, not by this loop); when it is full the reply is dropped
+    // rather than queued without bound.
     let answer = |m: Message| {
-        let (tx, tag) = (tx.clone(), tag.clone());
-        tokio::spawn(async move {
-            let _ = tx.send((tag, channel, m)).await;
-        });
+        if tx.try_send((tag.clone(), channel, m)).is_err() {
+            tracing::debug!(sandbox_id = %sandbox.id, "session queue full: a bridge reply dropped");
+        }
     };
     match (channel, header.msg_type.as_str()) {
         (Channel::Shell, "execute_request") => {
@@ -450,16 +487,25 @@ async fn handle(
         }
         (_, "shutdown_request") => {
             let restart = content["restart"].as_bool().unwrap_or(false);
+            let r = reply(
+                "shutdown_reply",
+                json!({"status": "ok", "restart": restart}),
+            );
+            if !restart {
+                answer(r);
+                return Ok(());
+            }
+            // A restart waits for the kernel: it takes one of the sandbox's
+            // places for waiting requests; without one it is answered as is.
+            let Some(pending) = sandbox.try_pending() else {
+                answer(r);
+                return Ok(());
+            };
             let (s, tx, tag) = (sandbox.clone(), tx.clone(), tag.clone());
             tokio::spawn(async move {
-                if restart {
-                    let _ = s.restart().await;
-                }
-                let r = reply(
-                    "shutdown_reply",
-                    json!({"status": "ok", "restart": restart}),
-                );
-                let _ = tx.send((tag, channel, r)).await;
+                let _ = s.restart().await;
+                drop(pending);
+                let _ = tx.try_send((tag, channel, r));
             });
         }
         (Channel::Stdin, _) => {}

@@ -24,11 +24,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Bytes of messages kept for a disconnected session.
-pub const BACKLOG_BYTES: usize = 32 * 1024 * 1024;
+pub const BACKLOG_BYTES: usize = 16 * 1024 * 1024;
 /// How long a disconnected session is kept.
 pub const SESSION_TTL: Duration = Duration::from_secs(600);
-/// Sessions per kernel.
-pub const MAX_SESSIONS: usize = 64;
+/// Sessions per kernel (so at most 256 MiB of backlogs per kernel).
+pub const MAX_SESSIONS: usize = 16;
 /// Messages in flight between the pump and one connection.
 const CONNECTION_QUEUE: usize = 256;
 
@@ -61,6 +61,8 @@ struct Inner {
     dropped: u64,
     /// When the last connection left (for expiry); `None` while attached.
     left_at: Option<Instant>,
+    /// An expiry timer is running for this session.
+    timer_armed: bool,
     next_serial: u64,
 }
 
@@ -91,10 +93,19 @@ impl Session {
     }
 }
 
-/// Roughly how many bytes a message holds.
+/// Roughly how many bytes a kept message holds: every part a hostile kernel
+/// (or the client's header, the tag) could make large.
 fn estimate(m: &Mirrored) -> usize {
-    let msg = &m.2;
-    256 + msg.content.to_json_bytes().len() + msg.buffers.iter().map(|b| b.len()).sum::<usize>()
+    let (tag, _, msg) = m;
+    256 + json_len(tag)
+        + json_len(&msg.header)
+        + json_len(&msg.metadata)
+        + msg.content.to_json_bytes().len()
+        + msg.buffers.iter().map(|b| b.len()).sum::<usize>()
+}
+
+fn json_len<T: serde::Serialize>(v: &T) -> usize {
+    serde_json::to_vec(v).map_or(0, |v| v.len())
 }
 
 /// Moves messages from the session's queue to its connection, or keeps them.
@@ -109,24 +120,28 @@ async fn pump(session: Arc<Session>, mut rx: mpsc::Receiver<Mirrored>) {
 }
 
 /// Hands one message to the attached connection; keeps it when there is
-/// none, or when the connection went away meanwhile.
-async fn deliver(session: &Session, mut m: Mirrored) {
+/// none, or when the connection went away or was replaced meanwhile.
+async fn deliver(session: &Session, m: Mirrored) {
     loop {
-        let tx = {
+        let (tx, replaced) = {
             let mut inner = session.lock();
             match &inner.current {
-                Some(c) => c.tx.clone(),
+                Some(c) => (c.tx.clone(), c.replaced.clone()),
                 None => return Session::keep(&mut inner, m),
             }
         };
         // A full connection queue slows the kernel's mirror, as a slow
-        // client should.
-        match tx.send(m).await {
-            Ok(()) => return,
-            Err(mpsc::error::SendError(back)) => m = back,
+        // client should (a connection that stops reading ends itself, see
+        // `channels`); a replaced one is not waited for.
+        tokio::select! {
+            permit = tx.reserve() => match permit {
+                Ok(p) => return p.send(m),
+                // Closed in `detach`, which cleared `current` first: the
+                // next turn keeps the message or hands it on.
+                Err(_) => continue,
+            },
+            () = replaced.cancelled() => continue,
         }
-        // The connection closed its queue in `detach`, which cleared
-        // `current` first: the next turn keeps the message or hands it on.
     }
 }
 
@@ -143,25 +158,25 @@ impl Hub {
     /// older connection of that session; `None` when the kernel has
     /// [`MAX_SESSIONS`] sessions, all connected.
     pub fn attach(&self, kernel: SandboxId, session_id: &str) -> Option<Attached> {
-        let session = {
-            let mut all = self.lock();
-            let key = (kernel, session_id.to_owned());
-            match all.get(&key) {
-                Some(s) => s.clone(),
-                None => {
-                    if !evict(&mut all, kernel) {
-                        return None;
-                    }
-                    let (queue, rx) = mpsc::channel(CONNECTION_QUEUE);
-                    let s = Arc::new(Session {
-                        queue,
-                        inner: Mutex::default(),
-                        closed: CancellationToken::new(),
-                    });
-                    tokio::spawn(pump(s.clone(), rx));
-                    all.insert(key, s.clone());
-                    s
+        // The session is taken and attached under the hub's lock, so expiry
+        // or eviction cannot remove it in between.
+        let mut all = self.lock();
+        let key = (kernel, session_id.to_owned());
+        let session = match all.get(&key) {
+            Some(s) => s.clone(),
+            None => {
+                if !evict(&mut all, kernel) {
+                    return None;
                 }
+                let (queue, rx) = mpsc::channel(CONNECTION_QUEUE);
+                let s = Arc::new(Session {
+                    queue,
+                    inner: Mutex::default(),
+                    closed: CancellationToken::new(),
+                });
+                tokio::spawn(pump(s.clone(), rx));
+                all.insert(key, s.clone());
+                s
             }
         };
         let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
@@ -185,6 +200,7 @@ impl Hub {
         inner.backlog_bytes = 0;
         let backlog = inner.backlog.drain(..).map(|(_, m)| m).collect();
         drop(inner);
+        drop(all);
         Some(Attached {
             backlog,
             rx,
@@ -224,20 +240,41 @@ impl Hub {
             tracing::debug!(sandbox_id = %kernel, session_id, lost = unsent.len(),
                 "messages queued for a replaced connection are dropped");
         }
+        // One expiry timer per session, however often it reconnects.
+        let arm = current && !inner.timer_armed;
+        inner.timer_armed |= arm;
         drop(inner);
-        let (hub, key) = (self.clone(), (kernel, session_id.to_owned()));
-        tokio::spawn(async move {
-            tokio::time::sleep(SESSION_TTL).await;
-            let mut all = hub.lock();
-            let expired = all
-                .get(&key)
-                .is_some_and(|s| s.lock().left_at.is_some_and(|t| t.elapsed() >= SESSION_TTL));
-            if expired {
-                if let Some(s) = all.remove(&key) {
+        if arm {
+            let (hub, key) = (self.clone(), (kernel, session_id.to_owned()));
+            tokio::spawn(hub.expire(key));
+        }
+    }
+
+    /// Forgets a session once it has had no connection for [`SESSION_TTL`].
+    async fn expire(self: Arc<Self>, key: (SandboxId, String)) {
+        let mut wait = SESSION_TTL;
+        loop {
+            tokio::time::sleep(wait).await;
+            let mut all = self.lock();
+            let Some(s) = all.get(&key).cloned() else {
+                return;
+            };
+            let mut inner = s.lock();
+            match inner.left_at {
+                Some(t) if t.elapsed() >= SESSION_TTL => {
+                    drop(inner);
+                    all.remove(&key);
                     s.closed.cancel();
+                    return;
+                }
+                Some(t) => wait = SESSION_TTL.saturating_sub(t.elapsed()),
+                None => {
+                    // Connected again: its next detach arms a new timer.
+                    inner.timer_armed = false;
+                    return;
                 }
             }
-        });
+        }
     }
 
     /// Open connections to `kernel`.

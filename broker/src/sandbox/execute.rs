@@ -226,6 +226,9 @@ const REPLY_AFTER_IDLE: Duration = Duration::from_secs(2);
 /// turn behind executions, as the kernel's own shell queue would make it.
 const FORWARD_WAIT: Duration = Duration::from_secs(3600);
 
+/// How long a forwarded request's message waits for a client's queue.
+const MIRROR_WAIT: Duration = Duration::from_secs(30);
+
 /// Decrements the active count when the execution ends, however it ends.
 struct ActiveGuard(Arc<Sandbox>);
 
@@ -615,9 +618,14 @@ impl Sandbox {
         buffers: Vec<bytes::Bytes>,
         mirror: super::record::Mirror,
     ) {
+        let Some(pending) = self.try_pending() else {
+            tracing::warn!(sandbox_id = %self.id, "too many forwarded requests waiting; one dropped");
+            return;
+        };
         let turn = self.turn();
         let s = self.clone();
         tokio::spawn(async move {
+            let _pending = pending;
             let Ok(rt) = tokio::time::timeout(FORWARD_WAIT, turn).await else {
                 tracing::warn!(sandbox_id = %s.id, "a forwarded request waited too long for its turn");
                 return;
@@ -632,7 +640,11 @@ impl Sandbox {
     /// future is polled once, which queues it); it resolves to the runtime
     /// once every earlier holder is done.
     fn turn(&self) -> impl std::future::Future<Output = OwnedMutexGuard<Runtime>> + Send + 'static {
-        let mut turn = Box::pin(self.runtime.clone().lock_owned());
+        // Unconstrained: a task out of its co-op budget must still be queued
+        // by this first poll.
+        let mut turn = Box::pin(tokio::task::unconstrained(
+            self.runtime.clone().lock_owned(),
+        ));
         let ready = (&mut turn).now_or_never();
         async move {
             match ready {
@@ -663,7 +675,7 @@ impl Sandbox {
             .request_with_buffers(channel, content, buffers)
             .await
             .map_err(|_| SandboxError::NotRunning)?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         // comm_open, comm_msg and comm_close have no reply: idle ends them.
         let (mut replied, mut idle) = (!msg_type.ends_with("_request"), false);
         while !(replied && idle) {
@@ -671,8 +683,15 @@ impl Sandbox {
                 break;
             };
             replied |= ch == channel && msg.msg_type().ends_with("_reply");
-            idle |= matches!(&msg.content, Content::Status(s) if s.execution_state == "idle");
-            if mirror.tx.send((mirror.tag.clone(), ch, msg)).await.is_err() {
+            if matches!(&msg.content, Content::Status(s) if s.execution_state == "idle") && !idle {
+                idle = true;
+                // A request the kernel does not answer ends soon after idle.
+                deadline = deadline.min(tokio::time::Instant::now() + REPLY_AFTER_IDLE);
+            }
+            // The runtime is held: a client that does not read is not
+            // waited for long (the same rule as an execution's mirror).
+            let sent = mirror.tx.send((mirror.tag.clone(), ch, msg));
+            if !matches!(tokio::time::timeout(MIRROR_WAIT, sent).await, Ok(Ok(()))) {
                 break;
             }
         }

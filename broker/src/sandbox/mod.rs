@@ -100,6 +100,9 @@ pub(crate) struct Runtime {
     next_generation: u64,
 }
 
+/// Websocket requests (not executions) that may wait per sandbox.
+pub const MAX_PENDING: usize = 64;
+
 /// One sandbox: a long-lived kernel and its directories.
 pub struct Sandbox {
     pub id: SandboxId,
@@ -130,6 +133,9 @@ pub struct Sandbox {
     active: AtomicUsize,
     /// Open Jupyter websocket connections: a connected kernel is not culled.
     connections: AtomicUsize,
+    /// Permits for websocket requests waiting for their turn (forwarded
+    /// requests, restarts): at most [`MAX_PENDING`] per sandbox.
+    pending: Arc<tokio::sync::Semaphore>,
     executions: AtomicU64,
     deleted: AtomicBool,
     language_info: Mutex<JsonMap>,
@@ -187,6 +193,11 @@ impl Sandbox {
     /// The sandbox's executions.
     pub fn records(&self) -> std::sync::MutexGuard<'_, record::Registry> {
         self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A place for one more waiting websocket request, if there is room.
+    pub fn try_pending(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.pending.clone().try_acquire_owned().ok()
     }
 
     /// True once the sandbox was deleted (or the server is stopping).
@@ -379,6 +390,8 @@ pub struct Manager {
     pool: Mutex<std::collections::VecDeque<Sandbox>>,
     /// Wakes [`Manager::run_pool`] when one was taken.
     pool_wake: tokio::sync::Notify,
+    /// A pooled sandbox is being made (shutdown waits for it).
+    pool_filling: AtomicBool,
 }
 
 /// Runs a trace write off the async worker's hot path; failures are logged.
@@ -423,6 +436,7 @@ impl Manager {
             store,
             pool: Mutex::default(),
             pool_wake: tokio::sync::Notify::new(),
+            pool_filling: AtomicBool::new(false),
         })
     }
 
@@ -610,6 +624,7 @@ impl Manager {
             last_activity: Mutex::new(now),
             active: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            pending: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING)),
             executions: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
             language_info: Mutex::new(JsonMap::new()),

@@ -14,8 +14,11 @@
 //! - env: set in the kernel's `os.environ` by a silent execution (no
 //!   execution count, no history, nothing bound in the user namespace), and
 //!   kept for commands and kernel restarts;
-//! - a different `disk_mb` (the home's tmpfs size) does not fit: that
-//!   request gets a cold sandbox.
+//! - a different `disk_mb` (the home's tmpfs size), env variables read when
+//!   a process starts (`PYTHON*`, `LD_*`, locale, `TZ`, thread counts of
+//!   numeric libraries, …) or limits the sandbox cannot take (a memory
+//!   limit below what its kernel uses) do not fit: that request gets a cold
+//!   sandbox, and the pooled one stays.
 //!
 //! A pooled sandbox whose kernel died, or that cannot take the options, is
 //! torn down and the next one (or a cold start) is used. The pool refills in
@@ -26,6 +29,7 @@
 use super::{CreateOptions, Manager, Sandbox};
 use crate::isolation::cgroup;
 use cellblock_protocol::message::ExecuteRequest;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -52,19 +56,35 @@ impl Manager {
             return None;
         }
         let limits = opts.limits.unwrap_or(self.cfg.default_limits);
-        if limits.disk_mb != self.cfg.default_limits.disk_mb {
+        if limits.disk_mb != self.cfg.default_limits.disk_mb || !env_fits_pool(&opts.env) {
             return None;
         }
         loop {
             let taken = self.pool().pop_front();
-            self.pool_wake.notify_one();
             let mut sandbox = taken?;
             match fit(&mut sandbox, opts, limits).await {
-                Ok(()) => return Some(sandbox),
-                Err(why) => {
-                    tracing::warn!(sandbox_id = %sandbox.id, %why, "a pooled sandbox did not fit; trying the next");
+                Ok(()) => {
+                    self.pool_wake.notify_one();
+                    return Some(sandbox);
+                }
+                Err(Misfit::Request(why)) => {
+                    // The request's fault (say, a memory limit below what
+                    // the kernel uses): the sandbox goes back, as it was.
+                    tracing::info!(sandbox_id = %sandbox.id, %why, "a request's limits do not fit a pooled sandbox; starting one cold");
+                    self.pool().push_front(sandbox);
+                    return None;
+                }
+                Err(Misfit::Dead(why)) => {
+                    tracing::warn!(sandbox_id = %sandbox.id, %why, "a pooled sandbox is not usable");
+                    self.pool_wake.notify_one();
                     sandbox.teardown().await;
                     self.release_uid_slot(sandbox.slot);
+                    if limits != self.cfg.default_limits {
+                        // Perhaps the request's limits killed it (a memory
+                        // limit below its use, on cgroup v2): the next one
+                        // would go the same way. Start cold.
+                        return None;
+                    }
                 }
             }
         }
@@ -83,20 +103,34 @@ impl Manager {
                     limits: Some(self.cfg.default_limits),
                     ..CreateOptions::default()
                 };
-                match self.prepare(opts).await {
-                    Ok(sandbox) if self.is_shutting_down() => {
-                        sandbox.teardown().await;
-                        self.release_uid_slot(sandbox.slot);
-                    }
+                self.pool_filling.store(true, Ordering::SeqCst);
+                let made = self.prepare(opts).await;
+                // Checked and pushed under the pool's lock, which
+                // `drain_pool` takes after shutdown began: a sandbox is
+                // either drained there or torn down here.
+                let late = match made {
                     Ok(sandbox) => {
-                        tracing::debug!(sandbox_id = %sandbox.id, "pooled sandbox ready");
-                        self.pool().push_back(sandbox);
+                        let mut pool = self.pool();
+                        if self.is_shutting_down() {
+                            Some(sandbox)
+                        } else {
+                            tracing::debug!(sandbox_id = %sandbox.id, "pooled sandbox ready");
+                            pool.push_back(sandbox);
+                            None
+                        }
                     }
                     Err(e) => {
+                        self.pool_filling.store(false, Ordering::SeqCst);
                         tracing::warn!(error = %e, "filling the warm pool");
                         tokio::time::sleep(RETRY_AFTER).await;
+                        continue;
                     }
+                };
+                if let Some(sandbox) = late {
+                    sandbox.teardown().await;
+                    self.release_uid_slot(sandbox.slot);
                 }
+                self.pool_filling.store(false, Ordering::SeqCst);
             }
             if self.is_shutting_down() {
                 return;
@@ -105,8 +139,13 @@ impl Manager {
         }
     }
 
-    /// Tears down every pooled sandbox (at shutdown).
+    /// Tears down every pooled sandbox (at shutdown), after the one being
+    /// made, if any, is done (up to the kernel start timeout).
     pub(super) async fn drain_pool(&self) {
+        let deadline = std::time::Instant::now() + self.cfg.kernel_start_timeout;
+        while self.pool_filling.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let pooled: Vec<Sandbox> = self.pool().drain(..).collect();
         for sandbox in pooled {
             sandbox.teardown().await;
@@ -116,28 +155,81 @@ impl Manager {
     }
 }
 
-/// Applies a request's options to a pooled sandbox.
+/// Variables a process reads when it starts (the interpreter, the C
+/// library, numeric libraries, matplotlib): setting them in a running
+/// kernel would not do what a cold start does, so such a request starts
+/// cold.
+const STARTUP_ENV: [&str; 16] = [
+    "PYTHON",
+    "LD_",
+    "LC_",
+    "LANG",
+    "TZ",
+    "OMP_",
+    "MKL_",
+    "OPENBLAS_",
+    "NUMEXPR_",
+    "VECLIB_",
+    "MPL",
+    "MALLOC_",
+    "JUPYTER",
+    "IPYTHON",
+    "PATH",
+    "TMPDIR",
+];
+
+fn env_fits_pool(env: &std::collections::BTreeMap<String, String>) -> bool {
+    env.keys()
+        .all(|k| !STARTUP_ENV.iter().any(|p| k.starts_with(p)))
+}
+
+/// Why a pooled sandbox was not handed out.
+enum Misfit {
+    /// The request asks for what this sandbox cannot take; it is fine.
+    Request(String),
+    /// The sandbox is not usable (its kernel died or does not answer).
+    Dead(String),
+}
+
+fn cgroup_limits(l: crate::config::SandboxLimits) -> cgroup::Limits {
+    cgroup::Limits {
+        memory_mb: l.memory_mb,
+        cpu_millis: (l.cpus * 1000.0).round() as u64,
+        pids: l.pids,
+    }
+}
+
+/// Applies a request's options to a pooled sandbox: limits first (so a
+/// kernel a lower memory limit kills is seen by the ping after), then the
+/// liveness ping, then the env.
 async fn fit(
     sandbox: &mut Sandbox,
     opts: &CreateOptions,
     limits: crate::config::SandboxLimits,
-) -> Result<(), String> {
+) -> Result<(), Misfit> {
+    if limits != sandbox.limits {
+        if let Err(e) = sandbox.cgroup.set_limits(cgroup_limits(limits)) {
+            let _ = sandbox.cgroup.set_limits(cgroup_limits(sandbox.limits));
+            return Err(Misfit::Request(format!("its limits: {e}")));
+        }
+    }
     {
         let rt = sandbox.runtime.lock().await;
+        let dead = |why: String| Misfit::Dead(why);
         let kernel = rt
             .kernel
             .as_ref()
             .filter(|k| !k.has_exited())
-            .ok_or("its kernel exited")?;
+            .ok_or_else(|| dead("its kernel exited".into()))?;
         // Alive and answering (a kernel killed a moment ago may not have
         // been noticed yet): one kernel_info round trip, ~2 ms.
         kernel
             .client
             .kernel_info(PING_TIMEOUT)
             .await
-            .map_err(|e| format!("its kernel does not answer: {e}"))?;
+            .map_err(|e| dead(format!("its kernel does not answer: {e}")))?;
         if !opts.env.is_empty() {
-            let vars = serde_json::to_string(&opts.env).map_err(|e| e.to_string())?;
+            let vars = serde_json::to_string(&opts.env).map_err(|e| dead(e.to_string()))?;
             let mut req = ExecuteRequest::new(format!("__import__('os').environ.update({vars})"));
             req.silent = true;
             req.store_history = false;
@@ -156,18 +248,9 @@ async fn fit(
             };
             tokio::time::timeout(FIT_TIMEOUT, ran)
                 .await
-                .map_err(|_| "setting its env timed out".to_owned())??;
+                .map_err(|_| dead("setting its env timed out".into()))?
+                .map_err(dead)?;
         }
-    }
-    if limits != sandbox.limits {
-        sandbox
-            .cgroup
-            .set_limits(cgroup::Limits {
-                memory_mb: limits.memory_mb,
-                cpu_millis: (limits.cpus * 1000.0).round() as u64,
-                pids: limits.pids,
-            })
-            .map_err(|e| format!("its limits: {e}"))?;
     }
     let now = SystemTime::now();
     sandbox.created_at = now;

@@ -681,7 +681,11 @@ impl Registry {
         let bytes = record.retained_bytes();
         self.retained += bytes;
         self.evictable.push_back((record.clone(), bytes));
-        while self.retained > budget && self.evictable.len() > 1 {
+        // Also bounded in count: records `insert` dropped past MAX_RECORDS
+        // must not be kept alive here.
+        while (self.retained > budget || self.evictable.len() > MAX_RECORDS)
+            && self.evictable.len() > 1
+        {
             let Some((r, bytes)) = self.evictable.pop_front() else {
                 break;
             };
