@@ -315,7 +315,7 @@ fn script(name: &str) -> std::path::PathBuf {
 }
 
 /// Runs a websocket client script from tests/scripts against `s` (base URL,
-/// then `args`); it must succeed, and its last line is `ok KERNEL_ID`.
+/// then `args`); it must succeed, and its last line is `ok KERNEL_ID …`.
 async fn run_client(s: &Server, name: &'static str, args: &[usize]) -> String {
     let base = s.base.clone();
     let args: Vec<String> = args.iter().map(ToString::to_string).collect();
@@ -335,9 +335,11 @@ async fn run_client(s: &Server, name: &'static str, args: &[usize]) -> String {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    eprintln!("{name}: {}", stdout.trim());
     stdout
         .trim()
         .strip_prefix("ok ")
+        .and_then(|rest| rest.split_whitespace().next())
         .expect("the script's last line")
         .to_owned()
 }
@@ -365,6 +367,19 @@ async fn websocket_sessions_reconnect_and_carry_binary_buffers() {
     let s = Server::start_with(&["--max-body-mb", "1"]);
     let kid = run_client(&s, "kernel_websocket_sessions.py", &[1024 * 1024]).await;
     // The kernel is gone from /v1 too.
+    let (status, _) = s
+        .call(s.req(Method::GET, &format!("/v1/sandboxes/{kid}")))
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_does_not_hold_the_kernel() {
+    // It sends a cell that floods output and a kernel_info_request, then
+    // never reads: /v1 still executes in that sandbox (after the 30 s the
+    // server gives a stalled frame) and the kernel can be deleted.
+    let s = Server::start();
+    let kid = run_client(&s, "kernel_websocket_stall.py", &[]).await;
     let (status, _) = s
         .call(s.req(Method::GET, &format!("/v1/sandboxes/{kid}")))
         .await;
