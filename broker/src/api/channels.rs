@@ -154,21 +154,10 @@ fn legacy_binary_encode(json: &[u8], buffers: &[Bytes]) -> Vec<u8> {
 /// offset is checked.
 fn legacy_binary_decode(frame: &[u8]) -> Result<Incoming, Refusal> {
     let bad = |why: &str| Refusal(1008, format!("bad binary frame: {why}"));
-    let word = |i: usize| -> Result<usize, Refusal> {
-        let b = frame
-            .get(4 * i..4 * i + 4)
-            .ok_or_else(|| bad("truncated offset table"))?;
-        Ok(u32::from_be_bytes(b.try_into().map_err(|_| bad("truncated offset table"))?) as usize)
-    };
-    let count = word(0)?;
-    if !(1..=1024).contains(&count) {
-        return Err(bad("it needs the message and at most 1023 buffers"));
-    }
-    let mut starts = (1..=count).map(word).collect::<Result<Vec<_>, _>>()?;
+    let read = |b: &[u8]| u64::from(u32::from_be_bytes(b.try_into().unwrap_or_default()));
+    let mut starts = offset_table(frame, 4, read, 1, "the message and at most 1023 buffers")
+        .map_err(|why| bad(&why))?;
     starts.push(frame.len());
-    if starts[0] != 4 * (count + 1) || starts.windows(2).any(|w| w[0] > w[1]) {
-        return Err(bad("offsets out of order or past the end"));
-    }
     let v = serde_json::from_slice(&frame[starts[0]..starts[1]])
         .map_err(|e| bad(&format!("the message is not JSON: {e}")))?;
     let buffers = starts[1..]
@@ -176,6 +165,37 @@ fn legacy_binary_decode(frame: &[u8]) -> Result<Incoming, Refusal> {
         .map(|w| Bytes::copy_from_slice(&frame[w[0]..w[1]]))
         .collect();
     Ok(Incoming { v, buffers })
+}
+
+/// Reads the offset table at the start of a binary frame: a count, then
+/// that many offsets, each `width` bytes (`read` decodes one). The count
+/// must be at least `min` (and at most 1024); the first offset must be the
+/// table's end, and they must not decrease or pass the frame's end.
+fn offset_table(
+    frame: &[u8],
+    width: usize,
+    read: impl Fn(&[u8]) -> u64,
+    min: usize,
+    needs: &str,
+) -> Result<Vec<usize>, String> {
+    let word = |i: usize| -> Result<usize, String> {
+        let b = frame
+            .get(width * i..width * (i + 1))
+            .ok_or("truncated offset table")?;
+        usize::try_from(read(b)).map_err(|_| "offset out of range".to_owned())
+    };
+    let count = word(0)?;
+    if !(min..=1024).contains(&count) {
+        return Err(format!("it needs {needs}"));
+    }
+    let offsets = (1..=count).map(word).collect::<Result<Vec<_>, _>>()?;
+    if offsets[0] != width * (count + 1)
+        || offsets.windows(2).any(|w| w[0] > w[1])
+        || offsets[count - 1] > frame.len()
+    {
+        return Err("offsets out of order or past the end".into());
+    }
+    Ok(offsets)
 }
 
 /// A message from the client: the legacy JSON shape and its buffers.
@@ -213,24 +233,10 @@ fn v1_encode(channel: &str, parts: &[Vec<u8>]) -> Vec<u8> {
 /// offset is checked.
 fn v1_decode(frame: &[u8]) -> Result<Incoming, Refusal> {
     let bad = |why: &str| Refusal(1008, format!("bad v1 frame: {why}"));
-    let word = |i: usize| -> Result<usize, Refusal> {
-        let b = frame
-            .get(8 * i..8 * i + 8)
-            .ok_or_else(|| bad("truncated offset table"))?;
-        let n = u64::from_le_bytes(b.try_into().map_err(|_| bad("truncated offset table"))?);
-        usize::try_from(n).map_err(|_| bad("offset out of range"))
-    };
-    let count = word(0)?;
-    if !(6..=1024).contains(&count) {
-        return Err(bad("it needs a channel and the four message parts"));
-    }
-    let offsets = (1..=count).map(word).collect::<Result<Vec<_>, _>>()?;
-    if offsets[0] != 8 * (count + 1)
-        || offsets.windows(2).any(|w| w[0] > w[1])
-        || offsets[count - 1] > frame.len()
-    {
-        return Err(bad("offsets out of order or past the end"));
-    }
+    let read = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+    let offsets = offset_table(frame, 8, read, 6, "a channel and the four message parts")
+        .map_err(|why| bad(&why))?;
+    let count = offsets.len();
     let part = |i: usize| &frame[offsets[i]..offsets[i + 1]];
     let json = |i: usize, what: &str| -> Result<Value, Refusal> {
         serde_json::from_slice(part(i)).map_err(|e| bad(&format!("{what} is not JSON: {e}")))
