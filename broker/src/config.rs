@@ -22,6 +22,9 @@ pub struct Config {
     pub pool_size: usize,
     /// Modules every kernel imports before it starts (`--preload`).
     pub preload: Vec<String>,
+    /// The zygote's shared library; `None` turns the zygote off and every
+    /// kernel is spawned.
+    pub zygote_library: Option<PathBuf>,
     /// Default and largest `timeout_s` of an execution.
     pub default_timeout: Duration,
     pub max_timeout: Duration,
@@ -83,6 +86,7 @@ impl std::fmt::Debug for Config {
             .field("max_sandboxes", &self.max_sandboxes)
             .field("pool_size", &self.pool_size)
             .field("preload", &self.preload)
+            .field("zygote_library", &self.zygote_library)
             .finish_non_exhaustive()
     }
 }
@@ -98,6 +102,7 @@ impl Config {
             max_sandboxes: 64,
             pool_size: 2,
             preload: Vec::new(),
+            zygote_library: None,
             default_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(3600),
             interrupt_grace: Duration::from_secs(3),

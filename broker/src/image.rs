@@ -52,6 +52,8 @@ pub struct ImageSpec {
     pub name: &'static str,
     pub requirements: &'static str,
     pub launcher: &'static str,
+    /// The fork server (`cellblock_zygote.py`), installed next to the launcher.
+    pub zygote: &'static str,
     pub ipython_config: &'static str,
 }
 
@@ -60,6 +62,7 @@ pub const PYTHON: ImageSpec = ImageSpec {
     name: "python",
     requirements: include_str!("../../kernel-images/python/requirements.txt"),
     launcher: include_str!("../../kernel-images/python/cellblock_kernel.py"),
+    zygote: include_str!("../../kernel-images/python/cellblock_zygote.py"),
     ipython_config: include_str!("../../kernel-images/python/ipython_kernel_config.py"),
 };
 
@@ -134,6 +137,7 @@ pub fn version(spec: &ImageSpec, python_version: &str) -> String {
         spec.name,
         spec.requirements,
         spec.launcher,
+        spec.zygote,
         spec.ipython_config,
         python_version,
     ] {
@@ -237,6 +241,8 @@ fn build(image: &Image, spec: &ImageSpec, python: &str) -> Result<(), ImageError
     )?;
     let launcher = Path::new(&purelib).join("cellblock_kernel.py");
     fs::write(&launcher, spec.launcher).map_err(io_err(&launcher))?;
+    let zygote = Path::new(&purelib).join("cellblock_zygote.py");
+    fs::write(&zygote, spec.zygote).map_err(io_err(&zygote))?;
     let profile = image.ipython_dir().join("profile_default");
     for sub in ["startup", "log", "pid", "security"] {
         let p = profile.join(sub);

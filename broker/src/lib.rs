@@ -5,8 +5,10 @@
 //! ## Layout
 //! - [`config`]: the settings `cellblock serve` runs with.
 //! - [`image`]: kernel images: building the python venv and finding it again.
-//! - [`isolation`]: everything that touches processes at the OS level (signals,
-//!   process groups, `/proc` checks). It is the only place raw syscalls may live.
+//! - [`isolation`]: the `cellblock-isolation` crate (`broker/isolation`):
+//!   everything that touches processes at the OS level (the jail, namespaces,
+//!   cgroups, signals, `/proc` checks). It is the only place raw syscalls may
+//!   live; it is also built as the shared library the zygote loads.
 //! - [`sandbox`]: sandbox lifecycle: kernels, executions, timeouts, crashes,
 //!   idle culling, leftovers from an earlier run.
 //! - [`cli`]: `cellblock replay` and `cellblock export`, clients of a server.
@@ -19,7 +21,9 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod image;
-pub mod isolation;
 pub mod sandbox;
 pub mod server;
 pub mod trace;
+
+/// The `cellblock-isolation` crate (`broker/isolation`), under its old path.
+pub use cellblock_isolation as isolation;

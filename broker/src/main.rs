@@ -140,6 +140,10 @@ struct ServeArgs {
     /// sandbox; with the warm pool the start is hidden.
     #[arg(long, default_value = "", value_parser = parse_preload)]
     preload: Preload,
+    /// Spawn every kernel instead of forking it from the zygote, a process
+    /// that imported numpy, pandas, matplotlib and ipykernel once.
+    #[arg(long)]
+    no_zygote: bool,
     /// Default execution timeout, seconds.
     #[arg(long, default_value_t = 30)]
     default_timeout_s: u64,
@@ -218,6 +222,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.max_sandboxes = args.max_sandboxes;
     cfg.pool_size = args.pool_size;
     cfg.preload = args.preload.0;
+    cfg.zygote_library = if args.no_zygote {
+        None
+    } else {
+        cellblock::sandbox::zygote::Zygote::default_library()
+    };
     cfg.default_timeout = Duration::from_secs(args.default_timeout_s);
     cfg.max_timeout = Duration::from_secs(args.max_timeout_s.max(args.default_timeout_s));
     cfg.default_idle_timeout = Duration::from_secs(args.default_idle_timeout_s.max(1));

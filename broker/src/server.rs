@@ -111,6 +111,9 @@ pub async fn run(cfg: Config, image: Image) -> Result<(), ServeError> {
     let state = AppState::new(manager.clone(), cfg.api_key.as_deref());
     let app = router(state, cfg.max_body_bytes);
     tokio::spawn(manager.clone().run_culler());
+    if let Some(z) = manager.zygote() {
+        tokio::spawn(z.clone().supervise());
+    }
     tokio::spawn(manager.clone().run_pool());
     tracing::info!(%addr, "listening");
     // The one line a supervisor or test reads to learn the address.

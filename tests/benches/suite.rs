@@ -172,7 +172,7 @@ fn machine_cpu() -> (u64, u64, u64) {
 
 /// User and system CPU seconds of every process of the server's sandboxes.
 fn sandboxes_cpu_seconds(data_dir: &Path) -> (f64, f64) {
-    let pids = cellblock_tests::processes_mentioning(&data_dir.join("run"));
+    let pids = cellblock_tests::processes_in_cgroup(&cellblock_tests::instance_group(data_dir));
     pids.iter()
         .map(|&p| cpu_split(p))
         .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))

@@ -82,6 +82,57 @@ pub fn processes_mentioning(needle: &Path) -> Vec<i32> {
     pids
 }
 
+/// The cgroup parent the broker with `data_dir` puts its sandboxes under,
+/// as it names it: `cellblock/` and the first 6 bytes of the SHA-256 of
+/// the (absolute) data dir, in hex, then `/`.
+pub fn instance_group(data_dir: &Path) -> String {
+    use sha2::Digest;
+    let abs = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+    let h = sha2::Sha256::digest(abs.as_os_str().as_encoded_bytes());
+    let hex: String = h[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("cellblock/{hex}/")
+}
+
+/// Live (not zombie) processes whose cgroup path contains `needle`: every
+/// process of a sandbox is in its cgroup, however it was started (spawned
+/// by `cellblock __jail` or forked from the zygote).
+pub fn processes_in_cgroup(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cg) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| {
+            st.rsplit_once(')')
+                .is_none_or(|(_, r)| r.trim_start().starts_with('Z'))
+        });
+        if !zombie && cg.contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The parent pid of a process.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The real uid of a process.
+fn uid_of(pid: i32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+}
+
 /// Host processes whose real uid is in `[lo, hi)`.
 pub fn processes_with_uid_in(lo: u32, hi: u32) -> Vec<(i32, String)> {
     let mut out = Vec::new();
@@ -153,7 +204,10 @@ impl Server {
     /// Starts a server with extra `serve` arguments. Its warm pool is off
     /// (tests count kernels) unless `args` sets `--pool-size` or
     /// `CELLBLOCK_TEST_POOL_SIZE` does (`./scripts/test.sh` runs the core,
-    /// isolation and files tests again with a pool).
+    /// isolation and files tests again with a pool). Kernels are forked
+    /// from the zygote, as by default, unless `args` has `--no-zygote` or
+    /// `CELLBLOCK_TEST_ZYGOTE=off` (the spawn pass of `./scripts/test.sh`).
+    /// It returns once the zygote is ready and the pool full.
     pub fn start_with(args: &[&str]) -> Self {
         Self::start_in(temp_data_dir(), args)
     }
@@ -173,6 +227,7 @@ impl Server {
             .arg("--images-dir")
             .arg(images_dir())
             .args(pool_args(args))
+            .args(zygote_args(args))
             .args(args)
             .env_remove("CELLBLOCK_API_KEY")
             .env("CELLBLOCK_LOG", "info,tower_http=warn,zeromq=warn")
@@ -197,9 +252,7 @@ impl Server {
                 panic!("cellblock did not start listening (see its log above)");
             }
         };
-        if !args.contains(&"--pool-size") {
-            wait_for_pool(&base);
-        }
+        wait_until_warm(&base, args);
         Self {
             child: Some(child),
             base,
@@ -317,32 +370,39 @@ impl Server {
     }
 
     /// Every process started for this server's sandboxes (jail helpers,
-    /// init and kernels, and whatever they started): all mention the run dir.
+    /// init and kernels, and whatever they started): all are in the cgroups
+    /// under this server's instance group.
     pub fn kernel_pids(&self) -> Vec<i32> {
-        processes_mentioning(&self.data_dir.join("run"))
+        processes_in_cgroup(&instance_group(&self.data_dir))
     }
 
-    /// The kernel processes themselves, one per live sandbox.
+    /// The kernel processes themselves, one per live sandbox: processes of
+    /// the sandboxes run by the launcher (`cellblock_kernel`, or forked
+    /// from `cellblock_zygote`) as the sandbox user (host uid 1000 above
+    /// the sandbox's base) whose parent is the sandbox's init (its root,
+    /// the base uid). The jail helpers run as root or sandbox root.
     pub fn kernels(&self) -> Vec<i32> {
-        let marker = Path::new("cellblock_kernel");
-        let mine = processes_mentioning(&self.data_dir.join("run"));
-        processes_mentioning(marker)
+        let group = instance_group(&self.data_dir);
+        self.kernels_in(&group)
+    }
+
+    fn kernels_in(&self, group: &str) -> Vec<i32> {
+        processes_in_cgroup(group)
             .into_iter()
-            .filter(|p| mine.contains(p))
+            .filter(|&p| {
+                let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd);
+                let parent_uid = parent_of(p).and_then(uid_of);
+                (cmd.contains("cellblock_kernel") || cmd.contains("cellblock_zygote"))
+                    && uid_of(p).is_some_and(|u| u >= 1000 && parent_uid == Some(u - 1000))
+            })
             .collect()
     }
 
     /// The host pid of the kernel of sandbox `id`.
     pub fn kernel_of(&self, id: &str) -> i32 {
-        let name = simple_id(id);
-        let found: Vec<i32> = self
-            .kernels()
-            .into_iter()
-            .filter(|p| {
-                std::fs::read(format!("/proc/{p}/cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&name))
-            })
-            .collect();
+        let group = format!("{}{}", instance_group(&self.data_dir), simple_id(id));
+        let found = self.kernels_in(&group);
         assert_eq!(found.len(), 1, "kernel of {id}: {found:?}");
         found[0]
     }
@@ -540,14 +600,26 @@ fn pool_args(args: &[&str]) -> Vec<String> {
     vec!["--pool-size".into(), size]
 }
 
-/// With `CELLBLOCK_TEST_POOL_SIZE` set, waits (up to 60 s) until the warm
-/// pool is full, so the test's creates are served from it.
-fn wait_for_pool(base: &str) {
-    use std::io::{Read, Write};
-    let want = std::env::var("CELLBLOCK_TEST_POOL_SIZE").unwrap_or_default();
-    if want.is_empty() || want == "0" {
-        return;
+/// `--no-zygote` when `CELLBLOCK_TEST_ZYGOTE=off`.
+fn zygote_args(args: &[&str]) -> Vec<String> {
+    let off = std::env::var("CELLBLOCK_TEST_ZYGOTE").is_ok_and(|v| v == "off");
+    if off && !args.contains(&"--no-zygote") {
+        vec!["--no-zygote".into()]
+    } else {
+        Vec::new()
     }
+}
+
+/// Waits (up to 60 s) until the zygote is ready (unless it is off) and,
+/// with `CELLBLOCK_TEST_POOL_SIZE` set, the warm pool is full, so the
+/// test's creates are forked or served from the pool.
+fn wait_until_warm(base: &str, args: &[&str]) {
+    use std::io::{Read, Write};
+    let mut want = std::env::var("CELLBLOCK_TEST_POOL_SIZE").unwrap_or_default();
+    if want.is_empty() || args.contains(&"--pool-size") {
+        want = "0".into();
+    }
+    let zygote = !args.contains(&"--no-zygote") && zygote_args(args).is_empty();
     let addr = base.trim_start_matches("http://").to_owned();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while std::time::Instant::now() < deadline {
@@ -560,15 +632,18 @@ fn wait_for_pool(base: &str) {
             let _ = t.read_to_string(&mut answer);
         }
         let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
-        let ready = serde_json::from_str::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v["pool"]["ready"].as_u64());
-        if ready.is_some_and(|n| n.to_string() == want) {
+        let health = serde_json::from_str::<serde_json::Value>(body).unwrap_or_default();
+        let pool_full = want == "0"
+            || health["pool"]["ready"]
+                .as_u64()
+                .is_some_and(|n| n.to_string() == want);
+        let zygote_ready = !zygote || health["zygote"]["state"] == "ready";
+        if pool_full && zygote_ready {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("the warm pool did not fill to {want} within 60 s");
+    panic!("the zygote was not ready or the warm pool did not fill to {want} within 60 s");
 }
 
 /// Runs `tests/scripts/ws_roundtrip.py` (the Jupyter websocket round-trip

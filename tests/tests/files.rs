@@ -1563,7 +1563,7 @@ async fn commands_run_inside_the_sandbox() {
     let init = r["stdout"].as_str().unwrap();
     assert_ne!(init.as_bytes(), host_init.as_slice(), "host init visible");
     assert!(
-        init.contains("__jail"),
+        init.contains("__jail") || init.contains("cellblock_zygote"),
         "pid 1 is not the sandbox's init: {r}"
     );
     let out = sh(&s, &id, "ls /proc | grep -c '^[0-9]'").await;

@@ -217,10 +217,14 @@ print("SELF", os.getpid(), os.getppid())
         .collect();
     assert!(pids.len() >= 2, "{out}");
     assert_eq!(pids[0].0, 1, "{out}");
-    assert!(pids[0].1.contains("__jail"), "pid 1 is not init: {out}");
+    // A forked sandbox's init and kernel carry the zygote's command line.
+    assert!(
+        pids[0].1.contains("__jail") || pids[0].1.contains("cellblock_zygote"),
+        "pid 1 is not init: {out}"
+    );
     assert_eq!(pids[1].0, 2, "{out}");
     assert!(
-        pids[1].1.contains("cellblock_kernel"),
+        pids[1].1.contains("cellblock_kernel") || pids[1].1.contains("cellblock_zygote"),
         "pid 2 is not the kernel: {out}"
     );
     for (pid, cmd) in &pids {
@@ -282,11 +286,12 @@ print("KILLPG_BROKER", attempt(os.killpg, @BROKER@, signal.SIGKILL))
     let r = s
         .exec(
             &id,
-            "print('alive', open('/proc/1/cmdline','rb').read().count(b'__jail'))",
+            "c = open('/proc/1/cmdline','rb').read()\n\
+             print('alive', b'__jail' in c or b'cellblock_zygote' in c)",
         )
         .await;
     assert_eq!(r["status"], "ok", "{r}");
-    assert_eq!(r["stdout"], "alive 1\n", "{r}");
+    assert_eq!(r["stdout"], "alive True\n", "{r}");
     assert_eq!(r["kernel_restarted"], false, "{r}");
     let (st, _) = s.call(s.req(Method::GET, "/healthz")).await;
     assert_eq!(st, 200);
@@ -953,7 +958,9 @@ print("STARTED", sleeps())
     // The sandbox's own processes (its uid range), kernel included; other
     // kernels (a warm pool's) are not this sandbox's.
     assert!(
-        procs.iter().any(|(_, c)| c.contains("cellblock_kernel")),
+        procs
+            .iter()
+            .any(|(_, c)| c.contains("cellblock_kernel") || c.contains("cellblock_zygote")),
         "{procs:?}"
     );
     assert!(!cgroup_dirs(&name).is_empty(), "no cgroup found for {name}");

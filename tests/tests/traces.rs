@@ -655,10 +655,12 @@ async fn a_kill_9_loses_nothing_the_client_was_told_about() {
     let run_dir = s2.data_dir.join("run");
     assert!(
         eventually(Duration::from_secs(15), || processes_mentioning(&run_dir)
-            .is_empty())
+            .is_empty()
+            && s2.kernel_pids().is_empty())
         .await,
-        "processes of the killed broker's sandbox remain: {:?} (kernel was {old_kernel})",
-        processes_mentioning(&run_dir)
+        "processes of the killed broker's sandbox remain: {:?} {:?} (kernel was {old_kernel})",
+        processes_mentioning(&run_dir),
+        s2.kernel_pids()
     );
     let (status, _) = get(&s2, &format!("/v1/sandboxes/{id}")).await;
     assert_eq!(status, 404, "the sandbox did not survive the kill");

@@ -169,6 +169,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
         "sandboxes": m.list().len(),
         "image": {"name": m.image().name, "version": m.image().version},
         "pool": {"size": m.config().pool_size, "ready": m.pool_ready()},
+        "zygote": m.zygote().map(|z| z.status()),
     });
     (code, Json(body)).into_response()
 }

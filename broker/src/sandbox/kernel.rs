@@ -5,6 +5,7 @@
 //! interrupt, SIGKILL for teardown) reach everything it started. When the
 //! kernel exits for any reason, the rest of its group is killed too.
 
+use super::zygote::Zygote;
 use crate::image::Image;
 use crate::isolation;
 use crate::isolation::spec::JailSpec;
@@ -12,12 +13,15 @@ use cellblock_protocol::client::ClientOptions;
 use cellblock_protocol::message::KernelInfoReply;
 use cellblock_protocol::{ConnectionInfo, KernelClient, Limits};
 use nix::sys::signal::Signal;
+use serde::Serialize;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 
 /// Errors starting a kernel.
@@ -58,6 +62,58 @@ pub struct KernelSpec<'a> {
     pub max_message_bytes: usize,
     /// Modules the launcher imports before the kernel starts (`--preload`).
     pub preload: &'a [String],
+    /// Forks the kernel when it can; `None` always spawns.
+    pub zygote: Option<&'a Zygote>,
+}
+
+/// How a kernel process was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// Forked from the image's zygote, with the data stack imported.
+    Zygote,
+    /// A fresh interpreter (`cellblock __jail` exec'ing Python).
+    Spawn,
+}
+
+/// A started kernel process, before the client connects.
+struct Launched {
+    pid: i32,
+    origin: Origin,
+    stderr: Pin<Box<dyn AsyncRead + Send>>,
+    /// Resolves with the exit status once the process is gone; `None` for
+    /// a forked kernel, which is gone when its stderr closes (P0 holds the
+    /// pipe until it exits, and it exits after everything in the sandbox).
+    exit: Option<Pin<Box<dyn Future<Output = String> + Send>>>,
+}
+
+/// Variables read while an interpreter starts (by Python, the C library,
+/// numeric libraries, matplotlib): setting them in an already running
+/// process would not do what a fresh start does. A kernel asked for one of
+/// them is spawned, never forked from the zygote or taken from the pool.
+const STARTUP_ENV: [&str; 16] = [
+    "PYTHON",
+    "LD_",
+    "LC_",
+    "LANG",
+    "TZ",
+    "OMP_",
+    "MKL_",
+    "OPENBLAS_",
+    "NUMEXPR_",
+    "VECLIB_",
+    "MPL",
+    "MALLOC_",
+    "JUPYTER",
+    "IPYTHON",
+    "PATH",
+    "TMPDIR",
+];
+
+/// True if `env` sets a variable only a fresh interpreter honours.
+pub fn read_at_startup(env: &BTreeMap<String, String>) -> bool {
+    env.keys()
+        .any(|k| STARTUP_ENV.iter().any(|p| k.starts_with(p)))
 }
 
 /// Size of the tmpfs holding a kernel's sockets, connection file and caches.
@@ -85,6 +141,7 @@ const STDERR_TAIL: usize = 4096;
 pub struct KernelProcess {
     pub pid: i32,
     pub generation: u64,
+    pub origin: Origin,
     pub client: KernelClient,
     pub info: KernelInfoReply,
     exited: watch::Receiver<Option<String>>,
@@ -180,25 +237,32 @@ impl KernelProcess {
         let jail_json = serde_json::to_vec(&jail).unwrap_or_default();
         std::fs::write(&jail_path, jail_json).map_err(prepare_err(&jail_path))?;
 
-        let mut cmd = tokio::process::Command::new(isolation::HELPER_BINARY);
-        cmd.arg("__jail")
-            .arg(&jail_path)
-            .env_clear()
-            .current_dir(spec.run_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(KernelError::Spawn)?;
-        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let forkable = !read_at_startup(spec.env);
+        let launched = match spec.zygote.filter(|_| forkable) {
+            Some(z) => match fork(z, &jail_path).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::debug!(error = %e, "spawning the kernel instead of forking it");
+                    spawn(spec.run_dir, &jail_path)?
+                }
+            },
+            None => spawn(spec.run_dir, &jail_path)?,
+        };
+        let Launched {
+            pid,
+            origin,
+            stderr: mut err,
+            exit,
+        } = launched;
         let pid_file = spec.run_dir.join("kernel.pid");
         std::fs::write(&pid_file, format!("{pid}\n")).map_err(prepare_err(&pid_file))?;
 
         let stderr_tail = Arc::new(Mutex::new(String::new()));
-        if let Some(mut err) = child.stderr.take() {
+        let (eof_tx, eof) = tokio::sync::oneshot::channel::<()>();
+        {
             let buf = stderr_tail.clone();
             tokio::spawn(async move {
+                let _eof = eof_tx;
                 let mut chunk = vec![0u8; 4096];
                 while let Ok(n) = err.read(&mut chunk).await {
                     if n == 0 {
@@ -218,11 +282,14 @@ impl KernelProcess {
         }
 
         let (exit_tx, exited) = watch::channel(None);
+        let exit = exit.unwrap_or_else(|| {
+            Box::pin(async move {
+                let _ = eof.await;
+                "exited (forked by the zygote)".to_owned()
+            })
+        });
         tokio::spawn(async move {
-            let status = match child.wait().await {
-                Ok(s) => s.to_string(),
-                Err(e) => format!("wait failed: {e}"),
-            };
+            let status = exit.await;
             // Whatever the kernel started dies with it.
             isolation::signal_group(pid, Signal::SIGKILL);
             let _ = exit_tx.send(Some(status));
@@ -254,6 +321,7 @@ impl KernelProcess {
             Ok(Ok((client, info))) => Ok(Self {
                 pid,
                 generation: spec.generation,
+                origin,
                 client,
                 info,
                 exited,
@@ -326,6 +394,61 @@ impl KernelProcess {
     async fn wait_exit_for(&mut self, d: Duration) -> bool {
         tokio::time::timeout(d, self.wait_exit()).await.is_ok()
     }
+}
+
+/// Starts `cellblock __jail SPEC`, which execs a fresh interpreter.
+fn spawn(run_dir: &Path, jail_path: &Path) -> Result<Launched, KernelError> {
+    let mut child = tokio::process::Command::new(isolation::HELPER_BINARY)
+        .arg("__jail")
+        .arg(jail_path)
+        .env_clear()
+        .current_dir(run_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(KernelError::Spawn)?;
+    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    let stderr: Pin<Box<dyn AsyncRead + Send>> = match child.stderr.take() {
+        Some(e) => Box::pin(e),
+        None => Box::pin(tokio::io::empty()),
+    };
+    Ok(Launched {
+        pid,
+        origin: Origin::Spawn,
+        stderr,
+        exit: Some(Box::pin(async move {
+            match child.wait().await {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("wait failed: {e}"),
+            }
+        })),
+    })
+}
+
+/// Asks the zygote for the kernel. Its exit code goes to the zygote, its
+/// parent; the broker learns of the exit from its stderr closing.
+async fn fork(zygote: &Zygote, jail_path: &Path) -> Result<Launched, KernelError> {
+    let forked = zygote
+        .fork(jail_path)
+        .await
+        .map_err(|e| KernelError::Spawn(std::io::Error::other(e.to_string())))?;
+    let pid = forked.pid;
+    let stderr = match tokio::net::unix::pipe::Receiver::from_owned_fd(forked.stderr) {
+        Ok(r) => r,
+        Err(e) => {
+            isolation::signal_group(pid, Signal::SIGKILL);
+            return Err(KernelError::Spawn(e));
+        }
+    };
+    Ok(Launched {
+        pid,
+        origin: Origin::Zygote,
+        stderr: Box::pin(stderr),
+        exit: None,
+    })
 }
 
 /// Waits for the kernel's five sockets, then seals the socket dir so the

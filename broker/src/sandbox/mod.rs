@@ -8,6 +8,8 @@
 //! - [`record`]: every execution's state, event log and result, kept for
 //!   re-attaching clients and for listing.
 //! - [`leftovers`]: reaping what an earlier run of the broker left behind.
+//! - [`pool`]: the warm pool of ready sandboxes.
+//! - [`zygote`]: the fork server kernels are forked from.
 
 pub mod commands;
 pub mod execute;
@@ -15,6 +17,7 @@ pub mod kernel;
 pub mod leftovers;
 pub mod pool;
 pub mod record;
+pub mod zygote;
 
 use crate::config::{Config, SandboxLimits};
 use crate::image::Image;
@@ -120,6 +123,10 @@ pub struct Sandbox {
     slot: u32,
     _uid_lock: UidLock,
     cfg: Arc<Config>,
+    /// The image's zygote, when it is on.
+    zygote: Option<Arc<zygote::Zygote>>,
+    /// How the current kernel was made.
+    origin: Mutex<kernel::Origin>,
     /// Serialises executions, restarts and teardown, in arrival order
     /// (tokio's mutex is fair; executions take their place at submission).
     runtime: Arc<tokio::sync::Mutex<Runtime>>,
@@ -167,6 +174,9 @@ pub struct SandboxView {
     pub language_info: JsonMap,
     /// Taken ready from the warm pool.
     pub from_pool: bool,
+    /// How the current kernel was made: `zygote` (forked, with the data
+    /// stack imported) or `spawn` (a fresh interpreter).
+    pub kernel_origin: kernel::Origin,
 }
 
 fn iso(t: SystemTime) -> String {
@@ -248,6 +258,7 @@ impl Sandbox {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             from_pool: self.from_pool,
+            kernel_origin: *self.origin.lock().unwrap_or_else(|e| e.into_inner()),
         }
     }
 
@@ -263,9 +274,11 @@ impl Sandbox {
             start_timeout: self.cfg.kernel_start_timeout,
             max_message_bytes: self.cfg.max_kernel_message_bytes,
             preload: &self.cfg.preload,
+            zygote: self.zygote.as_deref(),
         })
         .await?;
         self.kernel_pid.store(kernel.pid, Ordering::SeqCst);
+        *self.origin.lock().unwrap_or_else(|e| e.into_inner()) = kernel.origin;
         self.generation.store(generation, Ordering::SeqCst);
         *self.language_info.lock().unwrap_or_else(|e| e.into_inner()) =
             kernel.info.language_info.clone();
@@ -392,6 +405,8 @@ pub struct Manager {
     pool_wake: tokio::sync::Notify,
     /// A pooled sandbox is being made (shutdown waits for it).
     pool_filling: AtomicBool,
+    /// The image's fork server, unless `--no-zygote`.
+    zygote: Option<Arc<zygote::Zygote>>,
 }
 
 /// Runs a trace write off the async worker's hot path; failures are logged.
@@ -425,6 +440,10 @@ impl Drop for Slot<'_> {
 impl Manager {
     /// A manager for `image` with the given settings.
     pub fn new(cfg: Arc<Config>, image: Image, layout: Layout, store: Arc<Store>) -> Arc<Self> {
+        let zygote = cfg
+            .zygote_library
+            .clone()
+            .map(|lib| zygote::Zygote::new(image.clone(), lib, &cfg.preload));
         Arc::new(Self {
             cfg,
             image,
@@ -437,7 +456,13 @@ impl Manager {
             pool: Mutex::default(),
             pool_wake: tokio::sync::Notify::new(),
             pool_filling: AtomicBool::new(false),
+            zygote,
         })
+    }
+
+    /// The zygote, when it is on; [`zygote::Zygote::supervise`] runs it.
+    pub fn zygote(&self) -> Option<&Arc<zygote::Zygote>> {
+        self.zygote.as_ref()
     }
 
     /// The settings.
@@ -614,6 +639,8 @@ impl Manager {
             slot: uid_slot,
             _uid_lock: uid_lock,
             cfg: self.cfg.clone(),
+            zygote: self.zygote.clone(),
+            origin: Mutex::new(kernel::Origin::Spawn),
             runtime: Arc::new(tokio::sync::Mutex::new(Runtime {
                 kernel: None,
                 next_generation: 0,
@@ -733,6 +760,9 @@ impl Manager {
         }
         while set.join_next().await.is_some() {}
         self.drain_pool().await;
+        if let Some(z) = &self.zygote {
+            z.stop().await;
+        }
         tracing::info!("every kernel is stopped");
     }
 

@@ -56,7 +56,9 @@ impl Manager {
             return None;
         }
         let limits = opts.limits.unwrap_or(self.cfg.default_limits);
-        if limits.disk_mb != self.cfg.default_limits.disk_mb || !env_fits_pool(&opts.env) {
+        if limits.disk_mb != self.cfg.default_limits.disk_mb
+            || super::kernel::read_at_startup(&opts.env)
+        {
             return None;
         }
         loop {
@@ -95,6 +97,11 @@ impl Manager {
     pub async fn run_pool(self: Arc<Self>) {
         if self.cfg.pool_size == 0 {
             return;
+        }
+        // Pooled kernels are forked like the others: the first fill waits
+        // for the zygote (it imports the stack once, about a second).
+        if let Some(z) = self.zygote() {
+            z.wait_ready(std::time::Duration::from_secs(60)).await;
         }
         loop {
             while !self.is_shutting_down() && self.pool_ready() < self.cfg.pool_size {
@@ -153,34 +160,6 @@ impl Manager {
         }
         self.pool_wake.notify_one();
     }
-}
-
-/// Variables a process reads when it starts (the interpreter, the C
-/// library, numeric libraries, matplotlib): setting them in a running
-/// kernel would not do what a cold start does, so such a request starts
-/// cold.
-const STARTUP_ENV: [&str; 16] = [
-    "PYTHON",
-    "LD_",
-    "LC_",
-    "LANG",
-    "TZ",
-    "OMP_",
-    "MKL_",
-    "OPENBLAS_",
-    "NUMEXPR_",
-    "VECLIB_",
-    "MPL",
-    "MALLOC_",
-    "JUPYTER",
-    "IPYTHON",
-    "PATH",
-    "TMPDIR",
-];
-
-fn env_fits_pool(env: &std::collections::BTreeMap<String, String>) -> bool {
-    env.keys()
-        .all(|k| !STARTUP_ENV.iter().any(|p| k.starts_with(p)))
 }
 
 /// Why a pooled sandbox was not handed out.

@@ -71,16 +71,49 @@ fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> JailError {
 /// Exit status reported when a setup step fails (the error is on stderr).
 pub const SETUP_FAILED: i32 = 125;
 
+/// How the chain ends in P3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    /// `execve` the spec's argv (`cellblock __jail`).
+    Exec,
+    /// Return to the caller, confined (a child of the zygote, see
+    /// [`super::zygote`]): it goes on to start the kernel it already holds.
+    Return,
+}
+
+/// What a step of the chain ends in.
+#[derive(Debug)]
+enum Outcome {
+    /// A helper (P0, P1 or P2) is done: exit with this code.
+    Exit(i32),
+    /// This process is P3, confined, and returns to the caller (`Finish::Return`).
+    Kernel,
+}
+
 /// Entry point of `cellblock __jail SPEC`. Never returns.
 pub fn run(spec: &JailSpec) -> ! {
-    let code = match p0_helper(spec) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("cellblock jail: {e}");
-            SETUP_FAILED
-        }
-    };
-    std::process::exit(code)
+    exit_with(p0_helper(spec, Finish::Exec))
+}
+
+/// Builds the sandbox from inside the calling process, which must be
+/// single-threaded and host root: the same P0–P3 chain as [`run`], but P3
+/// returns `Ok(())` to the caller instead of exec'ing. The calling process
+/// becomes P0 and never returns once the chain started: it waits for the
+/// sandbox and exits with the kernel's status. An `Err` means nothing was
+/// forked.
+pub fn enter_in_process(spec: &JailSpec) -> Result<(), JailError> {
+    let threads = fs::read_dir("/proc/self/task")
+        .map_err(io("counting this process's threads"))?
+        .count();
+    if threads != 1 {
+        return Err(JailError::Arg(format!(
+            "the caller has {threads} threads; forking the jail needs exactly one"
+        )));
+    }
+    match p0_helper(spec, Finish::Return)? {
+        Outcome::Kernel => Ok(()),
+        done => exit_with(Ok(done)),
+    }
 }
 
 fn status_code(status: WaitStatus) -> Option<i32> {
@@ -112,7 +145,7 @@ fn pipe() -> Result<(std::fs::File, std::fs::File), JailError> {
 }
 
 /// Step 1, in the host's namespaces.
-fn p0_helper(spec: &JailSpec) -> Result<i32, JailError> {
+fn p0_helper(spec: &JailSpec, finish: Finish) -> Result<Outcome, JailError> {
     // SIGINT is meant for the kernel; init forwards it. The helpers ignore it.
     ignore(Signal::SIGINT)?;
     let me = std::process::id().to_string();
@@ -122,18 +155,34 @@ fn p0_helper(spec: &JailSpec) -> Result<i32, JailError> {
     // SAFETY: this helper process is single-threaded (it is a fresh process
     // that never started a runtime), so the child may run arbitrary code.
     match unsafe { fork() }.map_err(sys("forking the namespace process"))? {
-        ForkResult::Child => exit_with(p1_namespaces(spec)),
-        ForkResult::Parent { child } => Ok(wait_child(child)),
+        ForkResult::Child => in_child(p1_namespaces(spec, finish)),
+        ForkResult::Parent { child } => Ok(Outcome::Exit(wait_child(child))),
+    }
+}
+
+/// In a forked child of the chain: P3 returning to its caller goes on up
+/// the stack; every other result ends the process here.
+fn in_child(result: Result<Outcome, JailError>) -> Result<Outcome, JailError> {
+    match result {
+        Ok(Outcome::Kernel) => Ok(Outcome::Kernel),
+        other => exit_with(other),
     }
 }
 
 /// Exits with the step's code, printing its error first.
-fn exit_with(result: Result<i32, JailError>) -> ! {
-    let code = result.unwrap_or_else(|e| {
-        eprintln!("cellblock jail: {e}");
-        SETUP_FAILED
-    });
-    std::process::exit(code)
+fn exit_with(result: Result<Outcome, JailError>) -> ! {
+    let code = match result {
+        Ok(Outcome::Exit(code)) => code,
+        Ok(Outcome::Kernel) => 0,
+        Err(e) => {
+            eprintln!("cellblock jail: {e}");
+            SETUP_FAILED
+        }
+    };
+    // SAFETY: _exit ends the process at once. Nothing here needs atexit
+    // handlers or destructors (stderr is unbuffered), and in a child of the
+    // zygote they would be Python's and its libraries', not ours to run.
+    unsafe { libc::_exit(code) }
 }
 
 fn ignore(sig: Signal) -> Result<(), JailError> {
@@ -148,7 +197,7 @@ fn die_with_parent() -> Result<(), JailError> {
 }
 
 /// Step 2, and the uid map of step 4.
-fn p1_namespaces(spec: &JailSpec) -> Result<i32, JailError> {
+fn p1_namespaces(spec: &JailSpec, finish: Finish) -> Result<Outcome, JailError> {
     die_with_parent()?;
     unshare(
         CloneFlags::CLONE_NEWPID
@@ -167,21 +216,21 @@ fn p1_namespaces(spec: &JailSpec) -> Result<i32, JailError> {
         ForkResult::Child => {
             drop(ready_r);
             drop(go_w);
-            exit_with(p2_init(spec, ready_w, go_r))
+            in_child(p2_init(spec, finish, ready_w, go_r))
         }
         ForkResult::Parent { child } => {
             drop(ready_w);
             drop(go_r);
             let mut b = [0u8; 1];
             if ready_r.read_exact(&mut b).is_err() {
-                return Ok(wait_child(child));
+                return Ok(Outcome::Exit(wait_child(child)));
             }
             let map = format!("0 {} {}\n", spec.uid_base, ID_RANGE);
             fs::write(format!("/proc/{child}/uid_map"), &map).map_err(io("writing uid_map"))?;
             fs::write(format!("/proc/{child}/gid_map"), &map).map_err(io("writing gid_map"))?;
             go_w.write_all(b"g").map_err(io("releasing init"))?;
             drop(go_w);
-            Ok(wait_child(child))
+            Ok(Outcome::Exit(wait_child(child)))
         }
     }
 }
@@ -224,9 +273,10 @@ extern "C" fn noop_handler(_: libc::c_int) {}
 /// Steps 3–5: PID 1.
 fn p2_init(
     spec: &JailSpec,
+    finish: Finish,
     mut ready: std::fs::File,
     mut go: std::fs::File,
-) -> Result<i32, JailError> {
+) -> Result<Outcome, JailError> {
     die_with_parent()?;
     // Its own mount namespace: P1 keeps the host's view (and its /proc) to
     // write the uid map.
@@ -265,7 +315,12 @@ fn p2_init(
         .map_err(sys("blocking signals in init"))?;
     // SAFETY: init is single-threaded.
     let kernel = match unsafe { fork() }.map_err(sys("forking the kernel"))? {
-        ForkResult::Child => exit_with(Err(p3_exec(spec, &filters, &set))),
+        ForkResult::Child => match finish {
+            Finish::Exec => exit_with(Err(p3_exec(spec, &filters, &set))),
+            Finish::Return => {
+                return in_child(confine(spec, &filters, &set).map(|()| Outcome::Kernel))
+            }
+        },
         ForkResult::Parent { child } => child,
     };
     loop {
@@ -279,7 +334,7 @@ fn p2_init(
                             let code = status_code(status).unwrap_or(SETUP_FAILED);
                             // Everything else in the sandbox goes with the kernel.
                             let _ = signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
-                            return Ok(code);
+                            return Ok(Outcome::Exit(code));
                         }
                     }
                 }
@@ -308,6 +363,31 @@ fn p3_steps(
     filters: &[seccompiler::BpfProgram],
     blocked: &SigSet,
 ) -> Result<std::convert::Infallible, JailError> {
+    confine(spec, filters, blocked)?;
+    let cstr = |s: &str| CString::new(s).map_err(|_| JailError::Arg(format!("NUL byte in {s:?}")));
+    let argv = spec
+        .argv
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let env = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstr(&format!("{k}={v}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let prog = argv
+        .first()
+        .ok_or_else(|| JailError::Arg("empty argv".into()))?;
+    nix::unistd::execve(prog, &argv, &env).map_err(sys("executing the kernel"))
+}
+
+/// Step 6 up to the `execve`: what every process that runs sandbox code
+/// goes through, whether it then execs or (a zygote child) returns.
+fn confine(
+    spec: &JailSpec,
+    filters: &[seccompiler::BpfProgram],
+    blocked: &SigSet,
+) -> Result<(), JailError> {
     nix::unistd::setsid().map_err(sys("setsid"))?;
     for s in [
         Signal::SIGINT,
@@ -352,21 +432,7 @@ fn p3_steps(
     ];
     fsrules::apply(&read_only, &read_write)?;
     seccomp::install(filters)?;
-    let cstr = |s: &str| CString::new(s).map_err(|_| JailError::Arg(format!("NUL byte in {s:?}")));
-    let argv = spec
-        .argv
-        .iter()
-        .map(|a| cstr(a))
-        .collect::<Result<Vec<_>, _>>()?;
-    let env = spec
-        .env
-        .iter()
-        .map(|(k, v)| cstr(&format!("{k}={v}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let prog = argv
-        .first()
-        .ok_or_else(|| JailError::Arg("empty argv".into()))?;
-    nix::unistd::execve(prog, &argv, &env).map_err(sys("executing the kernel"))
+    Ok(())
 }
 
 /// Empties the capability bounding set, so nothing exec'd can regain a capability.

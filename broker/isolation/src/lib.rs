@@ -14,16 +14,15 @@
 //!                                               no_new_privs, uid 1000, Landlock, seccomp, exec
 //! ```
 //!
-//! ## Reuse by the zygote (issue #8)
+//! ## The zygote (issue #8)
 //!
-//! The steps are plain functions over one input, [`JailSpec`](spec::JailSpec),
-//! with a single narrow entry ([`jail::run`]). Only the last step differs
-//! between a fresh kernel and one forked from a preloaded Python zygote: today
-//! P3 ends in `execve`; a zygote child would run the same P0–P3 steps in
-//! process (through a small binding of this module, called right after the
-//! zygote's `fork`, while the child is still single-threaded) and return into
-//! Python instead of exec'ing. Nothing here may assume it runs in the
-//! `cellblock` binary, so there is no second, weaker path to build later.
+//! The steps are plain functions over one input, [`JailSpec`](spec::JailSpec).
+//! Only the last step differs between a spawned kernel and one forked from
+//! the preloaded Python zygote: `cellblock __jail` ends P3 in `execve`, while
+//! a zygote child runs the same chain in process through
+//! [`zygote::cellblock_zygote_enter`] (this crate is also built as a shared
+//! library for that) and P3 returns into Python, confined. There is no
+//! second, weaker path.
 //!
 //! ## Modules
 //!
@@ -35,6 +34,8 @@
 //! - [`fsrules`]: the Landlock filesystem rules.
 //! - [`preflight`]: the host check that refuses to run unconfined.
 //! - [`signals`]: signals to process groups and `/proc` checks.
+//! - [`zygote`]: the C entry the zygote's children call, and passing fds
+//!   over the zygote's socket.
 
 pub mod beneath;
 pub mod cgroup;
@@ -47,6 +48,7 @@ pub mod seccomp;
 pub mod signals;
 pub mod spec;
 pub mod writer;
+pub mod zygote;
 
 /// The helpers (`__jail`, `__enter`, `__write`) are the broker's own binary.
 /// `/proc/self/exe` still reaches it after the file on disk was replaced by

@@ -1,0 +1,72 @@
+//! The zygote's side of the jail, and the broker's side of its socket.
+//!
+//! The zygote (`kernel-images/python/cellblock_zygote.py`) is a Python
+//! process that imported the data stack and ipykernel once. For each
+//! sandbox it forks a child, and the child loads this crate as a shared
+//! library (`libcellblock_isolation.so`) and calls
+//! [`cellblock_zygote_enter`] with the path of the sandbox's
+//! [`JailSpec`]. That runs the same P0–P3 chain as `cellblock __jail`
+//! ([`super::jail::enter_in_process`]); only P3 returns, confined, into
+//! Python, which then starts the kernel. So a forked kernel gets exactly
+//! the isolation of a spawned one, from the same code.
+//!
+//! The broker talks to the zygote over a `SOCK_SEQPACKET` socket pair: it
+//! sends a spec path with the kernel's stderr pipe attached
+//! ([`send_with_fd`]), and gets back the child's pid. The zygote never reads
+//! a spec; its child does.
+
+use super::jail::{enter_in_process, JailError, SETUP_FAILED};
+use super::spec::JailSpec;
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use std::ffi::{c_char, c_int, CStr, OsStr};
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// Called by a freshly forked, single-threaded child of the zygote, as host
+/// root. Returns 0 in P3, inside the sandbox and confined; the caller then
+/// starts the kernel. Returns [`SETUP_FAILED`] if the chain could not start
+/// (the reason is on stderr). Once the chain started, the calling process
+/// never returns: it waits for the sandbox and exits with its status.
+///
+/// # Safety
+/// `spec_path` must be null or a NUL-terminated string that stays valid for
+/// the call (ctypes' `c_char_p`). The caller must not rely on anything but
+/// its own memory afterwards: P3 is a copy of it made by raw `fork`s.
+#[no_mangle]
+pub unsafe extern "C" fn cellblock_zygote_enter(spec_path: *const c_char) -> c_int {
+    if spec_path.is_null() {
+        return SETUP_FAILED;
+    }
+    // SAFETY: the caller guarantees a NUL-terminated string valid for the call.
+    let raw = unsafe { CStr::from_ptr(spec_path) };
+    let path = Path::new(OsStr::from_bytes(raw.to_bytes()));
+    match read_spec(path).and_then(|spec| enter_in_process(&spec)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cellblock zygote: {e}");
+            SETUP_FAILED
+        }
+    }
+}
+
+fn read_spec(path: &Path) -> Result<JailSpec, JailError> {
+    let bytes = std::fs::read(path).map_err(|source| JailError::Io {
+        step: "reading the jail spec",
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| JailError::Arg(format!("the jail spec: {e}")))
+}
+
+/// Sends one message with one fd attached.
+pub fn send_with_fd(sock: BorrowedFd<'_>, msg: &[u8], fd: BorrowedFd<'_>) -> nix::Result<()> {
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let iov = [IoSlice::new(msg)];
+    let sent = sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)?;
+    if sent != msg.len() {
+        return Err(nix::errno::Errno::EMSGSIZE);
+    }
+    Ok(())
+}
