@@ -44,8 +44,12 @@ fi
 export CELLBLOCK_TEST_NODE="$NODE_DIR"
 
 cargo test --locked --workspace -- "$@"
-# The core, isolation and files tests again, every sandbox from a warm pool.
+# The core, isolation and files tests run above with kernels forked from
+# the zygote; again with every sandbox from a warm pool, and again with every
+# kernel spawned (--no-zygote, the zygote's fallback).
 CELLBLOCK_TEST_POOL_SIZE=2 cargo test --locked -p cellblock-tests \
+  --test execute --test isolation --test files -- "$@"
+CELLBLOCK_TEST_ZYGOTE=off cargo test --locked -p cellblock-tests \
   --test execute --test isolation --test files -- "$@"
 cargo bench --locked --workspace --no-run
 echo "cellblock: all tests passed"

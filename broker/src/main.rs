@@ -225,7 +225,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.zygote_library = if args.no_zygote {
         None
     } else {
-        cellblock::sandbox::zygote::Zygote::default_library()
+        match cellblock::sandbox::zygote::Zygote::default_library() {
+            Some(lib) if lib.is_file() => Some(lib),
+            other => {
+                eprintln!(
+                    "cellblock: the zygote is off: {} is missing (it is built next to the \
+                     binary by cargo build); every kernel is spawned",
+                    other.map_or_else(|| "the library".into(), |p| p.display().to_string())
+                );
+                None
+            }
+        }
     };
     cfg.default_timeout = Duration::from_secs(args.default_timeout_s);
     cfg.max_timeout = Duration::from_secs(args.max_timeout_s.max(args.default_timeout_s));

@@ -10,11 +10,13 @@
 //! 1. **Create → ready** over HTTP, median / p90 / p99:
 //!    - from the warm pool (`--pool-size 2`; before each create the pool is
 //!      full again, so each is a pool hit: `from_pool` is checked);
-//!    - cold (`--pool-size 0`);
+//!    - cold (`--pool-size 0`): forked from the zygote (`kernel_origin` is
+//!      checked);
+//!    - cold and spawned (`--pool-size 0 --no-zygote`), the zygote's fallback;
 //!    - the baseline: a plain `python -m ipykernel_launcher` from the image's
 //!      venv, no isolation, spawn → `kernel_info` reply.
 //!
-//!    The three are interleaved, one of each per round. Then the same, plus
+//!    The four are interleaved, one of each per round. Then the same, plus
 //!    the first execution `import numpy, pandas, matplotlib` (what the data
 //!    stack costs the first cell), against a plain kernel doing the same
 //!    over ZeroMQ. Warm page cache: one untimed round first.
@@ -31,8 +33,8 @@
 //! 3. **Memory** of idle sandboxes (each ran `1+1` once) with 1, 50 and 200
 //!    live, and at the density peak, next to a plain kernel alone: the sum
 //!    of `Pss` from `/proc/PID/smaps_rollup` over a sandbox's processes (jail
-//!    helper, init, kernel: all carry `<data_dir>/run/<id>` on their command
-//!    line), mean per sandbox; the broker's `VmRSS`; the drop of `MemAvailable` per
+//!    helpers, init, kernel: all are in its cgroup), mean per sandbox, and the
+//!    zygote's own PSS apart (all forked kernels share it); the broker's `VmRSS`; the drop of `MemAvailable` per
 //!    sandbox (which also counts tmpfs, page tables and kernel memory).
 //!    Server: `--max-sandboxes 600 --pool-size 0`.
 //! 4. **Density**, on the same server, continuing the ramp: sandboxes created
@@ -484,12 +486,12 @@ fn smaps_rollup(pid: i32) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// Every live process whose command line names `<data_dir>/run/<id>`,
-/// grouped by sandbox id; also how many other processes run a kernel from
-/// the same images dir (they share its pages, so they lower the PSS here).
+/// Every live process in the cgroup of one of the server's sandboxes
+/// (`cellblock/<instance>/<id>`), grouped by sandbox id; also how many other
+/// processes run from the same images dir (the zygote, other kernels: they
+/// share its pages, so they lower the PSS here).
 fn sandbox_memory(data_dir: &Path) -> (BTreeMap<String, SandboxMem>, usize) {
-    let mut prefix = data_dir.join("run").into_os_string().into_encoded_bytes();
-    prefix.push(b'/');
+    let group = cellblock_tests::instance_group(data_dir);
     let images = cellblock_tests::images_dir()
         .into_os_string()
         .into_encoded_bytes();
@@ -502,12 +504,14 @@ fn sandbox_memory(data_dir: &Path) -> (BTreeMap<String, SandboxMem>, usize) {
         let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
-        let found = cmd
-            .windows(prefix.len())
-            .position(|w| w == prefix.as_slice())
-            .map(|at| &cmd[at + prefix.len()..])
-            .filter(|rest| rest.len() >= 32 && rest[..32].iter().all(u8::is_ascii_hexdigit))
-            .map(|rest| String::from_utf8_lossy(&rest[..32]).into_owned());
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let found = cgroup
+            .find(&group)
+            .map(|at| &cgroup[at + group.len()..])
+            .filter(|rest| {
+                rest.len() >= 32 && rest.as_bytes()[..32].iter().all(u8::is_ascii_hexdigit)
+            })
+            .map(|rest| rest[..32].to_owned());
         let Some(id) = found else {
             if cmd.windows(images.len()).any(|w| w == images.as_slice()) {
                 foreign += 1;
@@ -525,7 +529,7 @@ fn sandbox_memory(data_dir: &Path) -> (BTreeMap<String, SandboxMem>, usize) {
         m.pss_file += r.get("Pss_File").copied().unwrap_or(0);
         m.pss_shmem += r.get("Pss_Shmem").copied().unwrap_or(0);
         m.rss += r.get("Rss").copied().unwrap_or(0);
-        if String::from_utf8_lossy(&cmd).contains("cellblock_kernel") {
+        if cellblock_tests::is_kernel_process(pid) {
             m.kernel_pss += pss;
         }
     }
@@ -541,6 +545,12 @@ async fn memory_point(s: &Server, live: usize, avail_before_kib: u64) -> Value {
     let mean = |g: fn(&SandboxMem) -> u64| per.values().map(g).sum::<u64>() as f64 / n / MIB;
     let max_pss = per.values().map(|m| m.pss).max().unwrap_or(0) as f64 / MIB;
     let avail = mem_available_kib();
+    // The zygote is shared by every forked kernel: its own figures, apart.
+    let zygote = healthz(s).await["zygote"]["pid"]
+        .as_i64()
+        .map(|p| smaps_rollup(p as i32))
+        .unwrap_or_default();
+    let zygote_mib = |k: &str| zygote.get(k).map(|v| *v as f64 / MIB);
     json!({
         "live": live,
         "sandboxes_measured": per.len(),
@@ -557,7 +567,18 @@ async fn memory_point(s: &Server, live: usize, avail_before_kib: u64) -> Value {
         "mem_available_drop_mib_per_sandbox":
             (avail_before_kib as f64 - avail as f64) / MIB / live.max(1) as f64,
         "other_image_processes": foreign,
+        "zygote_pss_mib": zygote_mib("Pss"),
+        "zygote_rss_mib": zygote_mib("Rss"),
+        "forked_kernels": forked_count(s).await,
         "loadavg": loadavg(),
+    })
+}
+
+/// How many live sandboxes have a kernel forked from the zygote.
+async fn forked_count(s: &Server) -> usize {
+    let (_, v) = s.call(s.req(Method::GET, "/v1/sandboxes")).await;
+    v["sandboxes"].as_array().map_or(0, |a| {
+        a.iter().filter(|x| x["kernel_origin"] == "zygote").count()
     })
 }
 
@@ -670,14 +691,38 @@ async fn throughput(s: &Server, ids: &[String], secs: f64) -> Value {
 
 /// Figure 1: create → ready (pool, cold, plain spawn), then with the data
 /// stack imported by the first execution.
+/// One cold create (and delete) on `s`, checking how its kernel was made.
+async fn cold_create(s: &Server, origin: &str) -> Duration {
+    let (v, t) = create(s).await.expect("cold create");
+    assert_eq!(v["from_pool"], false, "{v}");
+    assert_eq!(v["kernel_origin"], origin, "{v}");
+    delete(s, v["id"].as_str().unwrap()).await.expect("delete");
+    t
+}
+
+/// Create, then `import numpy, pandas, matplotlib`, on a server without a
+/// pool: (total, the execution alone).
+async fn create_import(s: &Server) -> (Duration, Duration) {
+    let t = Instant::now();
+    let (v, _) = create(s).await.expect("cold create");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let tx = Instant::now();
+    execute(s, &id, IMPORT).await.expect("import");
+    let out = (t.elapsed(), tx.elapsed());
+    delete(s, &id).await.expect("delete");
+    out
+}
+
 async fn create_figures(
     pool: &Server,
     cold: &Server,
+    spawn: &Server,
     python: &Path,
     n: usize,
     n_import: usize,
 ) -> Value {
     let (mut pooled, mut colds, mut plain) = (Vec::new(), Vec::new(), Vec::new());
+    let mut spawned = Vec::new();
     for round in 0..=n {
         wait_pool(pool, 2).await;
         let (v, t_pool) = create(pool).await.expect("pool create");
@@ -686,16 +731,14 @@ async fn create_figures(
             .await
             .expect("delete");
         wait_pool(pool, 2).await;
-        let (v, t_cold) = create(cold).await.expect("cold create");
-        assert_eq!(v["from_pool"], false, "{v}");
-        delete(cold, v["id"].as_str().unwrap())
-            .await
-            .expect("delete");
+        let t_cold = cold_create(cold, "zygote").await;
+        let t_spawn = cold_create(spawn, "spawn").await;
         let (k, t_plain) = PlainKernel::start(python).await;
         k.stop().await;
         if round > 0 {
             pooled.push(t_pool);
             colds.push(t_cold);
+            spawned.push(t_spawn);
             plain.push(t_plain);
         }
     }
@@ -704,6 +747,7 @@ async fn create_figures(
     // background meanwhile, as it would for a user.
     let (mut i_pool, mut i_cold, mut i_plain) = (Vec::new(), Vec::new(), Vec::new());
     let (mut x_pool, mut x_cold, mut x_plain) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut i_spawn, mut x_spawn) = (Vec::new(), Vec::new());
     for round in 0..=n_import {
         wait_pool(pool, 2).await;
         let t = Instant::now();
@@ -716,13 +760,8 @@ async fn create_figures(
         delete(pool, &id).await.expect("delete");
         wait_pool(pool, 2).await;
 
-        let t = Instant::now();
-        let (v, _) = create(cold).await.expect("cold create");
-        let id = v["id"].as_str().unwrap().to_owned();
-        let tx = Instant::now();
-        execute(cold, &id, IMPORT).await.expect("import");
-        let (total_cold, exec_cold) = (t.elapsed(), tx.elapsed());
-        delete(cold, &id).await.expect("delete");
+        let (total_cold, exec_cold) = create_import(cold).await;
+        let (total_spawn, exec_spawn) = create_import(spawn).await;
 
         let t = Instant::now();
         let (k, _) = PlainKernel::start(python).await;
@@ -732,21 +771,26 @@ async fn create_figures(
         if round > 0 {
             i_pool.push(total_pool);
             i_cold.push(total_cold);
+            i_spawn.push(total_spawn);
             i_plain.push(total_plain);
             x_pool.push(exec_pool);
             x_cold.push(exec_cold);
+            x_spawn.push(exec_spawn);
             x_plain.push(exec_plain);
         }
     }
     json!({
         "create_pool": stats(&pooled),
         "create_cold": stats(&colds),
+        "create_spawn": stats(&spawned),
         "plain_spawn": stats(&plain),
         "create_import_pool": stats(&i_pool),
         "create_import_cold": stats(&i_cold),
+        "create_import_spawn": stats(&i_spawn),
         "plain_spawn_import": stats(&i_plain),
         "import_exec_pool": stats(&x_pool),
         "import_exec_cold": stats(&x_cold),
+        "import_exec_spawn": stats(&x_spawn),
         "import_exec_plain": stats(&x_plain),
     })
 }
@@ -957,11 +1001,13 @@ async fn run() -> Value {
     let (create, roundtrip) = {
         let pool = Server::start_with(&["--pool-size", "2"]);
         let cold = Server::start_with(&["--pool-size", "0"]);
+        let spawn = Server::start_with(&["--pool-size", "0", "--no-zygote"]);
         wait_pool(&pool, 2).await;
         let python = image_python(&pool).await;
         eprintln!("suite: create → ready ({n_create} rounds, {n_import} with the data stack)");
-        let create = create_figures(&pool, &cold, &python, n_create, n_import).await;
+        let create = create_figures(&pool, &cold, &spawn, &python, n_create, n_import).await;
         drop(cold);
+        drop(spawn);
         eprintln!("suite: execute round trips ({n_exec} each)");
         let roundtrip = roundtrip_figures(&pool, &python, n_exec).await;
         (create, roundtrip)
@@ -1024,8 +1070,13 @@ fn print_report(r: &Value) {
         Some(spawn),
     );
     row(
-        "create → ready, cold (HTTP)",
+        "create → ready, cold: zygote fork (HTTP)",
         &c["create_cold"],
+        Some(spawn),
+    );
+    row(
+        "create → ready, cold: spawned (--no-zygote)",
+        &c["create_spawn"],
         Some(spawn),
     );
     row(
@@ -1040,8 +1091,13 @@ fn print_report(r: &Value) {
         Some(imp),
     );
     row(
-        "create + import numpy/pandas/mpl, cold",
+        "create + import numpy/pandas/mpl, zygote",
         &c["create_import_cold"],
+        Some(imp),
+    );
+    row(
+        "create + import numpy/pandas/mpl, spawned",
+        &c["create_import_spawn"],
         Some(imp),
     );
     row(
@@ -1055,8 +1111,13 @@ fn print_report(r: &Value) {
         Some(("plain import", &c["import_exec_plain"])),
     );
     row(
-        "  of which the import, cold",
+        "  of which the import, zygote",
         &c["import_exec_cold"],
+        Some(("plain import", &c["import_exec_plain"])),
+    );
+    row(
+        "  of which the import, spawned",
+        &c["import_exec_spawn"],
         Some(("plain import", &c["import_exec_plain"])),
     );
     row(
@@ -1115,7 +1176,8 @@ fn print_report(r: &Value) {
     );
     for m in r["memory"].as_array().into_iter().flatten() {
         println!(
-            "{:>6} {:>12.1} {:>10.1} {:>10.1} {:>10.1} {:>9.1} MiB {:>11.1} MiB {:>8}",
+            "{:>6} {:>12.1} {:>10.1} {:>10.1} {:>10.1} {:>9.1} MiB {:>11.1} MiB {:>8}  \
+             ({} forked; zygote PSS {:.1} MiB)",
             m["live"].as_u64().unwrap_or(0),
             f(m, "pss_mib_mean"),
             f(m, "kernel_pss_mib_mean"),
@@ -1124,6 +1186,8 @@ fn print_report(r: &Value) {
             f(m, "broker_rss_mib"),
             f(m, "mem_available_drop_mib_per_sandbox"),
             m["other_image_processes"].as_u64().unwrap_or(0),
+            m["forked_kernels"].as_u64().unwrap_or(0),
+            f(m, "zygote_pss_mib"),
         );
     }
     let pm = &r["memory_plain_kernel"];

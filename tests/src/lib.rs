@@ -116,6 +116,15 @@ pub fn processes_in_cgroup(needle: &str) -> Vec<i32> {
     pids
 }
 
+/// True if `pid` is a sandbox's kernel (see [`Server::kernels`]).
+pub fn is_kernel_process(pid: i32) -> bool {
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmd = String::from_utf8_lossy(&cmd);
+    let parent_uid = parent_of(pid).and_then(uid_of);
+    (cmd.contains("cellblock_kernel") || cmd.contains("cellblock_zygote"))
+        && uid_of(pid).is_some_and(|u| u >= 1000 && parent_uid == Some(u - 1000))
+}
+
 /// The parent pid of a process.
 fn parent_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -389,13 +398,7 @@ impl Server {
     fn kernels_in(&self, group: &str) -> Vec<i32> {
         processes_in_cgroup(group)
             .into_iter()
-            .filter(|&p| {
-                let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-                let cmd = String::from_utf8_lossy(&cmd);
-                let parent_uid = parent_of(p).and_then(uid_of);
-                (cmd.contains("cellblock_kernel") || cmd.contains("cellblock_zygote"))
-                    && uid_of(p).is_some_and(|u| u >= 1000 && parent_uid == Some(u - 1000))
-            })
+            .filter(|&p| is_kernel_process(p))
             .collect()
     }
 

@@ -38,6 +38,7 @@ print(json.dumps({
   'env': {k: v for k, v in os.environ.items()
           if k not in ('PYTHONHASHSEED', 'IPYTHONDIR', 'MPLCONFIGDIR')},
   'path': sys.path, 'isolated': sys.flags.isolated, 'exe': sys.executable,
+  'own_proc': [os.access(f'/proc/self/{f}', os.R_OK) for f in ('environ', 'fd', 'mem')],
   'names': sorted(k for k in globals() if not k.startswith('_')),
 }))"#;
 
@@ -79,7 +80,9 @@ async fn forked_kernels_have_the_stack_fresh_randomness_and_a_spawned_kernels_id
     );
     // Same identity as a spawned kernel: pid 2 under init, the sandbox
     // user, home, environment (the request's included), paths, flags.
-    for key in ["pid", "uid", "cwd", "env", "path", "isolated", "exe"] {
+    for key in [
+        "pid", "uid", "cwd", "env", "path", "isolated", "exe", "own_proc",
+    ] {
         assert_eq!(pb[key], pc[key], "{key} differs between forked and spawned");
     }
     assert_eq!(pb["env"]["GREETING"], "hi");

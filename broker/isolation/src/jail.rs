@@ -411,6 +411,11 @@ fn confine(
     nix::unistd::setresuid(Uid::from_raw(id), Uid::from_raw(id), Uid::from_raw(id))
         .map_err(sys("setting the sandbox uid"))?;
     nix::sys::prctl::set_no_new_privs().map_err(sys("setting no_new_privs"))?;
+    // Changing uids made the process non-dumpable, which owns its /proc
+    // files by root: the kernel could not read /proc/self/environ or list
+    // /proc/self/fd. `execve` undoes that; a zygote child does not exec, so
+    // it is undone here, for both, to the state an exec'd kernel has.
+    nix::sys::prctl::set_dumpable(true).map_err(sys("setting the process dumpable"))?;
     close_other_fds()?;
     nix::unistd::chdir(&spec.cwd).map_err(sys("entering the working directory"))?;
     let mut read_only: Vec<PathBuf> = [

@@ -70,3 +70,52 @@ pub fn send_with_fd(sock: BorrowedFd<'_>, msg: &[u8], fd: BorrowedFd<'_>) -> nix
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn call(path: &[u8]) -> c_int {
+        let c = std::ffi::CString::new(path).unwrap();
+        // SAFETY: a NUL-terminated string that outlives the call.
+        unsafe { cellblock_zygote_enter(c.as_ptr()) }
+    }
+
+    #[test]
+    fn a_null_or_unreadable_spec_is_refused_without_forking() {
+        // SAFETY: null is allowed and checked.
+        assert_eq!(
+            unsafe { cellblock_zygote_enter(std::ptr::null()) },
+            SETUP_FAILED
+        );
+        assert_eq!(call(b"/nonexistent/cellblock/jail.json"), SETUP_FAILED);
+    }
+
+    #[test]
+    fn a_multithreaded_caller_is_refused_before_any_step() {
+        let dir = std::env::temp_dir().join(format!("cbz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = JailSpec {
+            uid_base: 1_000_000,
+            root_dir: dir.join("root"),
+            sock_dir: dir.join("sock"),
+            home_dir: dir.join("home"),
+            ro_binds: Vec::new(),
+            tmp_mb: 16,
+            // A cgroup the step would join: it must not be touched.
+            cgroup_procs: vec![dir.join("cgroup.procs")],
+            argv: vec!["/bin/true".into()],
+            env: Vec::new(),
+            cwd: PathBuf::from("/"),
+        };
+        let path = dir.join("jail.json");
+        std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+        // The test harness runs this on a thread of its own: more than one.
+        let err = enter_in_process(&spec).unwrap_err().to_string();
+        assert!(err.contains("threads"), "{err}");
+        assert_eq!(call(path.as_os_str().as_encoded_bytes()), SETUP_FAILED);
+        assert!(!dir.join("cgroup.procs").exists(), "a step ran");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
