@@ -85,10 +85,8 @@ mod tests {
     #[test]
     fn a_null_or_unreadable_spec_is_refused_without_forking() {
         // SAFETY: null is allowed and checked.
-        assert_eq!(
-            unsafe { cellblock_zygote_enter(std::ptr::null()) },
-            SETUP_FAILED
-        );
+        let rc = unsafe { cellblock_zygote_enter(std::ptr::null()) };
+        assert_eq!(rc, SETUP_FAILED);
         assert_eq!(call(b"/nonexistent/cellblock/jail.json"), SETUP_FAILED);
     }
 
