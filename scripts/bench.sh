@@ -5,7 +5,9 @@
 # target/bench/<name>.json. Installs what it needs, like scripts/test.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
-cargo build --release --locked -p cellblock
+# cellblock-isolation too: its shared library (next to the binary) is what
+# the zygote's children build their sandbox with.
+cargo build --release --locked -p cellblock -p cellblock-isolation
 make_venv "$ROOT/target/test-tools" kernel-images/python/requirements.txt tests/requirements.txt
 export CELLBLOCK_BIN="$ROOT/target/release/cellblock"
 export CELLBLOCK_TEST_TOOLS="$ROOT/target/test-tools/bin"

@@ -4,5 +4,7 @@
 # Extra arguments go to `cellblock serve` (e.g. --listen, --api-key).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
-cargo build --release --locked -p cellblock
+# cellblock-isolation too: its shared library (next to the binary) is what
+# the zygote's children build their sandbox with.
+cargo build --release --locked -p cellblock -p cellblock-isolation
 exec "$ROOT/target/release/cellblock" serve --data-dir "${CELLBLOCK_DATA_DIR:-$ROOT/data}" "$@"

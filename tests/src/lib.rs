@@ -202,6 +202,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub http: reqwest::Client,
     key: Option<String>,
+    /// Kernels are forked from the zygote (not `--no-zygote`).
+    zygote: bool,
 }
 
 impl Server {
@@ -262,7 +264,9 @@ impl Server {
             }
         };
         wait_until_warm(&base, args);
+        let zygote = !args.contains(&"--no-zygote") && zygote_args(args).is_empty();
         Self {
+            zygote,
             child: Some(child),
             base,
             data_dir,
@@ -304,6 +308,12 @@ impl Server {
             .call(self.req(reqwest::Method::POST, "/v1/sandboxes").json(&body))
             .await;
         assert_eq!(status, 201, "create failed: {v}");
+        // A server with the zygote forks every kernel whose request sets no
+        // env (an env variable read at startup gets a spawn): a silent
+        // fallback to spawning would make the forked pass test nothing.
+        if self.zygote && body.get("env").is_none() && v["from_pool"] == false {
+            assert_eq!(v["kernel_origin"], "zygote", "not forked: {v}");
+        }
         v["id"].as_str().expect("id").to_owned()
     }
 

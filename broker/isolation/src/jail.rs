@@ -110,6 +110,18 @@ pub fn enter_in_process(spec: &JailSpec) -> Result<(), JailError> {
             "the caller has {threads} threads; forking the jail needs exactly one"
         )));
     }
+    // A writable shared mapping would be one region common to the zygote
+    // (host root) and every kernel forked from it.
+    let maps = fs::read_to_string("/proc/self/maps").map_err(io("reading this process's maps"))?;
+    if let Some(shared) = maps.lines().find(|l| {
+        l.split_whitespace()
+            .nth(1)
+            .is_some_and(|p| p.starts_with("rw") && p.ends_with('s'))
+    }) {
+        return Err(JailError::Arg(format!(
+            "the caller has a writable shared mapping, which the kernel would share: {shared}"
+        )));
+    }
     match p0_helper(spec, Finish::Return)? {
         Outcome::Kernel => Ok(()),
         done => exit_with(Ok(done)),
@@ -414,7 +426,8 @@ fn confine(
     // Changing uids made the process non-dumpable, which owns its /proc
     // files by root: the kernel could not read /proc/self/environ or list
     // /proc/self/fd. `execve` undoes that; a zygote child does not exec, so
-    // it is undone here, for both, to the state an exec'd kernel has.
+    // it is undone here, for both. (A forked kernel's /proc/self/cmdline and
+    // environ are the zygote's, which was started with a kernel's env.)
     nix::sys::prctl::set_dumpable(true).map_err(sys("setting the process dumpable"))?;
     close_other_fds()?;
     nix::unistd::chdir(&spec.cwd).map_err(sys("entering the working directory"))?;

@@ -11,8 +11,8 @@
 //! the isolation of a spawned one, from the same code.
 //!
 //! The broker talks to the zygote over a `SOCK_SEQPACKET` socket pair: it
-//! sends a spec path with the kernel's stderr pipe attached
-//! ([`send_with_fd`]), and gets back the child's pid. The zygote never reads
+//! sends a spec path with the kernel's stderr pipe and a "go" pipe attached
+//! ([`send_with_fds`]), and gets back the child's pid. The zygote never reads
 //! a spec; its child does.
 
 use super::jail::{enter_in_process, JailError, SETUP_FAILED};
@@ -59,9 +59,9 @@ fn read_spec(path: &Path) -> Result<JailSpec, JailError> {
     serde_json::from_slice(&bytes).map_err(|e| JailError::Arg(format!("the jail spec: {e}")))
 }
 
-/// Sends one message with one fd attached.
-pub fn send_with_fd(sock: BorrowedFd<'_>, msg: &[u8], fd: BorrowedFd<'_>) -> nix::Result<()> {
-    let fds = [fd.as_raw_fd()];
+/// Sends one message with fds attached.
+pub fn send_with_fds(sock: BorrowedFd<'_>, msg: &[u8], fds: &[BorrowedFd<'_>]) -> nix::Result<()> {
+    let fds: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let cmsg = [ControlMessage::ScmRights(&fds)];
     let iov = [IoSlice::new(msg)];
     let sent = sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)?;

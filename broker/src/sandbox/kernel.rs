@@ -91,7 +91,7 @@ struct Launched {
 /// numeric libraries, matplotlib): setting them in an already running
 /// process would not do what a fresh start does. A kernel asked for one of
 /// them is spawned, never forked from the zygote or taken from the pool.
-const STARTUP_ENV: [&str; 16] = [
+const STARTUP_ENV: [&str; 20] = [
     "PYTHON",
     "LD_",
     "LC_",
@@ -108,6 +108,10 @@ const STARTUP_ENV: [&str; 16] = [
     "IPYTHON",
     "PATH",
     "TMPDIR",
+    "NPY_",
+    "KMP_",
+    "GOTO_",
+    "BLIS_",
 ];
 
 /// True if `env` sets a variable only a fresh interpreter honours.
@@ -132,6 +136,21 @@ pub fn base_env(image: &Image) -> BTreeMap<String, String> {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect()
+}
+
+/// What a kernel's environment starts from, before the request's
+/// variables: [`base_env`] and the kernel's own settings. The zygote is
+/// started with it too, so what its imports read is what a kernel has.
+pub fn kernel_env(image: &Image) -> BTreeMap<String, String> {
+    let mut env = base_env(image);
+    for (k, v) in [
+        ("PYTHONIOENCODING", "utf-8"),
+        ("MPLBACKEND", "module://matplotlib_inline.backend_inline"),
+        ("PYDEVD_DISABLE_FILE_VALIDATION", "1"),
+    ] {
+        env.insert(k.to_owned(), v.to_owned());
+    }
+    env
 }
 
 /// How much of a kernel's stderr is kept for error messages.
@@ -196,14 +215,7 @@ impl KernelProcess {
 
         // Defaults, then the client's variables, then what cellblock owns;
         // one value per name, the later one winning.
-        let mut env = base_env(spec.image);
-        for (k, v) in [
-            ("PYTHONIOENCODING", "utf-8"),
-            ("MPLBACKEND", "module://matplotlib_inline.backend_inline"),
-            ("PYDEVD_DISABLE_FILE_VALIDATION", "1"),
-        ] {
-            env.insert(k.to_owned(), v.to_owned());
-        }
+        let mut env = kernel_env(spec.image);
         env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         for (k, v) in [
             ("HOME", "/home/user".to_owned()),
@@ -255,7 +267,11 @@ impl KernelProcess {
             exit,
         } = launched;
         let pid_file = spec.run_dir.join("kernel.pid");
-        std::fs::write(&pid_file, format!("{pid}\n")).map_err(prepare_err(&pid_file))?;
+        if let Err(e) = std::fs::write(&pid_file, format!("{pid}\n")) {
+            // A spawned kernel dies with its handle; a forked one would not.
+            isolation::signal_group(pid, Signal::SIGKILL);
+            return Err(prepare_err(&pid_file)(e));
+        }
 
         let stderr_tail = Arc::new(Mutex::new(String::new()));
         let (eof_tx, eof) = tokio::sync::oneshot::channel::<()>();
@@ -384,6 +400,10 @@ impl KernelProcess {
             if self.wait_exit_for(Duration::from_millis(500)).await {
                 return;
             }
+        }
+        if self.has_exited() {
+            // Its process group may be gone and its number reused.
+            return;
         }
         isolation::signal_group(self.pid, Signal::SIGKILL);
         if !self.wait_exit_for(Duration::from_secs(5)).await {

@@ -440,10 +440,10 @@ impl Drop for Slot<'_> {
 impl Manager {
     /// A manager for `image` with the given settings.
     pub fn new(cfg: Arc<Config>, image: Image, layout: Layout, store: Arc<Store>) -> Arc<Self> {
-        let zygote = cfg
-            .zygote_library
-            .clone()
-            .map(|lib| zygote::Zygote::new(image.clone(), lib, &cfg.preload));
+        let zygote = cfg.zygote_library.clone().map(|lib| {
+            let dir = cfg.data_dir.join("zygote");
+            zygote::Zygote::new(image.clone(), lib, dir, &cfg.preload)
+        });
         Arc::new(Self {
             cfg,
             image,

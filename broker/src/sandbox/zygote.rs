@@ -17,7 +17,7 @@
 
 use crate::image::Image;
 use crate::isolation;
-use crate::sandbox::kernel::base_env;
+use crate::sandbox::kernel::kernel_env;
 use nix::sys::socket::{socketpair, sockopt, AddressFamily, MsgFlags, SockFlag, SockType};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -63,7 +63,9 @@ pub struct Forked {
     pub stderr: OwnedFd,
 }
 
-/// The running zygote: its socket and process.
+/// The running zygote: its socket and process. Held (locked) for a whole
+/// exchange, also by the blocking task doing it, so a request abandoned by
+/// its caller cannot interleave with the next one.
 struct Live {
     sock: Arc<OwnedFd>,
     child: tokio::process::Child,
@@ -82,9 +84,14 @@ pub struct ZygoteStatus {
 /// One image's zygote and its supervisor's state.
 pub struct Zygote {
     image: Image,
+    /// The library as built next to the binary; copied into `dir` once, at
+    /// the first start, and loaded from there by every zygote of this run,
+    /// so an upgrade on disk never mixes versions.
     library: PathBuf,
+    /// The zygote's own directory (its `HOME`, the library copy).
+    dir: PathBuf,
     preload: Vec<String>,
-    live: tokio::sync::Mutex<Option<Live>>,
+    live: Arc<tokio::sync::Mutex<Option<Live>>>,
     /// Wakes the supervisor: the zygote broke, or shutdown began.
     broken: tokio::sync::Notify,
     stopping: AtomicBool,
@@ -96,14 +103,15 @@ pub struct Zygote {
 impl Zygote {
     /// A zygote for `image` that will import [`STACK`] plus `preload`. It is
     /// started by [`Zygote::supervise`].
-    pub fn new(image: Image, library: PathBuf, preload: &[String]) -> Arc<Self> {
+    pub fn new(image: Image, library: PathBuf, dir: PathBuf, preload: &[String]) -> Arc<Self> {
         let mut all: Vec<String> = STACK.iter().map(|s| s.to_string()).collect();
         all.extend(preload.iter().cloned());
         Arc::new(Self {
             image,
             library,
+            dir,
             preload: all,
-            live: tokio::sync::Mutex::new(None),
+            live: Arc::new(tokio::sync::Mutex::new(None)),
             broken: tokio::sync::Notify::new(),
             stopping: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
@@ -143,12 +151,22 @@ impl Zygote {
     /// it to die or break, and starts it again after a backoff.
     pub async fn supervise(self: Arc<Self>) {
         let mut backoff = BACKOFF_MIN;
+        if let Err(e) = self.prepare_dir() {
+            tracing::warn!(error = %e, "the zygote is off; kernels are spawned");
+            self.set_state("dead", None, Some(e));
+            return;
+        }
         loop {
             if self.stopping.load(Ordering::SeqCst) {
                 return;
             }
             let started = std::time::Instant::now();
-            match self.start().await {
+            let started_ok = self.start().await;
+            if self.stopping.load(Ordering::SeqCst) {
+                self.kill().await;
+                return;
+            }
+            match started_ok {
                 Ok(pid) => {
                     tracing::info!(
                         pid,
@@ -177,15 +195,24 @@ impl Zygote {
         }
     }
 
+    /// The zygote's directory: an empty `home` and this run's copy of the
+    /// library (root-only, made again at every broker start).
+    fn prepare_dir(&self) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let err = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let home = self.dir.join("home");
+        std::fs::create_dir_all(&home).map_err(|e| err("creating", &home, e))?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| err("securing", &self.dir, e))?;
+        let copy = self.dir.join(LIBRARY);
+        std::fs::copy(&self.library, &copy).map_err(|e| err("copying", &self.library, e))?;
+        Ok(())
+    }
+
     /// Starts the zygote and waits for its `ready`.
     async fn start(&self) -> Result<u32, ZygoteError> {
         let io = |e: &dyn std::fmt::Display| ZygoteError::Io(e.to_string());
-        if !self.library.is_file() {
-            return Err(ZygoteError::Unavailable(format!(
-                "{} not found (it is built next to the cellblock binary)",
-                self.library.display()
-            )));
-        }
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -193,22 +220,17 @@ impl Zygote {
             SockFlag::SOCK_CLOEXEC,
         )
         .map_err(|e| io(&e))?;
-        let mut env = base_env(&self.image);
-        env.insert("PYTHONIOENCODING".into(), "utf-8".into());
-        env.insert(
-            "MPLBACKEND".into(),
-            "module://matplotlib_inline.backend_inline".into(),
-        );
-        env.insert(
-            "MPLCONFIGDIR".into(),
-            self.image.mpl_cache().display().to_string(),
-        );
-        env.insert("CELLBLOCK_ZYGOTE_PRELOAD".into(), self.preload.join(","));
+        // Started with the environment a kernel starts with (a forked
+        // kernel's /proc/self/environ shows it); -B: no bytecode written as
+        // root into the image.
         let mut child = tokio::process::Command::new(self.image.python())
-            .args(["-I", "-m", "cellblock_zygote"])
-            .arg(&self.library)
+            .args(["-I", "-B", "-m", "cellblock_zygote"])
+            .arg(self.dir.join(LIBRARY))
+            .arg(self.dir.join("home"))
+            .arg(self.preload.join(","))
+            .arg(self.image.mpl_cache())
             .env_clear()
-            .envs(&env)
+            .envs(kernel_env(&self.image))
             .current_dir("/")
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
@@ -227,11 +249,12 @@ impl Zygote {
             });
         }
         let sock = Arc::new(ours);
-        *self.live.lock().await = Some(Live {
+        let mut live = self.live.clone().lock_owned().await;
+        *live = Some(Live {
             sock: sock.clone(),
             child,
         });
-        let reply = exchange(sock, None, READY_TIMEOUT).await?;
+        let reply = exchange(live, sock, None, READY_TIMEOUT).await.0?;
         if reply == b"ready" {
             Ok(pid)
         } else {
@@ -292,6 +315,7 @@ impl Zygote {
         self.broken.notify_one();
         self.kill().await;
         self.set_state("stopped", None, None);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 
     /// Forks a kernel for the jail spec at `jail_path` (in the sandbox's run
@@ -299,21 +323,25 @@ impl Zygote {
     /// kernel; see the module docs.
     pub async fn fork(&self, jail_path: &Path) -> Result<Forked, ZygoteError> {
         let io = |e: &dyn std::fmt::Display| ZygoteError::Io(e.to_string());
-        let mut live = self.live.lock().await;
+        let live = self.live.clone().lock_owned().await;
         let sock = match live.as_ref() {
             Some(l) if self.status().state == "ready" => l.sock.clone(),
             _ => {
+                let why = self.status().last_error;
                 return Err(ZygoteError::Unavailable(
-                    self.status()
-                        .last_error
-                        .unwrap_or_else(|| "starting".into()),
-                ))
+                    why.unwrap_or_else(|| "starting".into()),
+                ));
             }
         };
-        let (err_r, err_w) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io(&e))?;
+        let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+        let (err_r, err_w) = nix::unistd::pipe2(cloexec).map_err(|e| io(&e))?;
+        // The child waits for a byte on this pipe: written below once the
+        // pid is known; if this returns early, `go_w` is dropped, the pipe
+        // closes and the child exits without building anything.
+        let (go_r, go_w) = nix::unistd::pipe2(cloexec).map_err(|e| io(&e))?;
         let path = jail_path.as_os_str().as_encoded_bytes().to_vec();
-        let result = exchange(sock, Some((path, err_w)), FORK_TIMEOUT).await;
+        let request = Some((path, [err_w, go_r]));
+        let (result, mut live) = exchange(live, sock, request, FORK_TIMEOUT).await;
         let reply = match result {
             Ok(r) => r,
             Err(e) => {
@@ -331,6 +359,10 @@ impl Zygote {
         let text = String::from_utf8_lossy(&reply).into_owned();
         match text.strip_prefix("pid ").map(|n| n.trim().parse::<i32>()) {
             Some(Ok(pid)) if pid > 1 => {
+                use std::io::Write;
+                std::fs::File::from(go_w)
+                    .write_all(b"g")
+                    .map_err(|e| io(&e))?;
                 self.forks.fetch_add(1, Ordering::SeqCst);
                 Ok(Forked { pid, stderr: err_r })
             }
@@ -339,30 +371,49 @@ impl Zygote {
     }
 }
 
-/// Sends one request (a message with its fd) if given, then reads one
-/// answer, on the blocking pool, within `timeout`.
+/// The zygote's state, locked.
+type LiveGuard = tokio::sync::OwnedMutexGuard<Option<Live>>;
+
+/// Sends one request (a message with its fds) if given, then reads one
+/// answer, on the blocking pool, within `timeout`. The lock travels with the
+/// blocking task and comes back with the answer: a caller that goes away
+/// mid-exchange leaves the zygote locked until its answer is read.
 async fn exchange(
+    live: LiveGuard,
     sock: Arc<OwnedFd>,
-    request: Option<(Vec<u8>, OwnedFd)>,
+    request: Option<(Vec<u8>, [OwnedFd; 2])>,
+    timeout: Duration,
+) -> (Result<Vec<u8>, ZygoteError>, LiveGuard) {
+    let mutex = tokio::sync::OwnedMutexGuard::mutex(&live).clone();
+    let task =
+        tokio::task::spawn_blocking(move || (exchange_blocking(&sock, request, timeout), live));
+    match task.await {
+        Ok(done) => done,
+        Err(e) => (
+            Err(ZygoteError::Io(e.to_string())),
+            mutex.lock_owned().await,
+        ),
+    }
+}
+
+fn exchange_blocking(
+    sock: &OwnedFd,
+    request: Option<(Vec<u8>, [OwnedFd; 2])>,
     timeout: Duration,
 ) -> Result<Vec<u8>, ZygoteError> {
     let io = |e: &dyn std::fmt::Display| ZygoteError::Io(e.to_string());
-    tokio::task::spawn_blocking(move || {
-        let tv =
-            nix::sys::time::TimeVal::new(timeout.as_secs() as i64, timeout.subsec_micros() as i64);
-        nix::sys::socket::setsockopt(&*sock, sockopt::ReceiveTimeout, &tv).map_err(|e| io(&e))?;
-        if let Some((msg, fd)) = request {
-            isolation::zygote::send_with_fd(sock.as_fd(), &msg, fd.as_fd()).map_err(|e| io(&e))?;
-        }
-        let mut buf = vec![0u8; 4096];
-        let n = nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty())
-            .map_err(|e| io(&e))?;
-        if n == 0 {
-            return Err(ZygoteError::Io("the zygote closed its socket".into()));
-        }
-        buf.truncate(n);
-        Ok(buf)
-    })
-    .await
-    .map_err(|e| io(&e))?
+    let tv = nix::sys::time::TimeVal::new(timeout.as_secs() as i64, timeout.subsec_micros() as i64);
+    nix::sys::socket::setsockopt(sock, sockopt::ReceiveTimeout, &tv).map_err(|e| io(&e))?;
+    if let Some((msg, fds)) = request {
+        let fds = [fds[0].as_fd(), fds[1].as_fd()];
+        isolation::zygote::send_with_fds(sock.as_fd(), &msg, &fds).map_err(|e| io(&e))?;
+    }
+    let mut buf = vec![0u8; 4096];
+    let n = nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty())
+        .map_err(|e| io(&e))?;
+    if n == 0 {
+        return Err(ZygoteError::Io("the zygote closed its socket".into()));
+    }
+    buf.truncate(n);
+    Ok(buf)
 }
