@@ -55,7 +55,8 @@
 //! Knobs (defaults in brackets): `BENCH_CREATE_N` [50], `BENCH_IMPORT_N` [10],
 //! `BENCH_EXEC_N` [500], `BENCH_DENSITY_MAX` [500], `BENCH_MIN_AVAILABLE_MIB`
 //! [2048], `BENCH_CONCURRENCY` [4], `BENCH_TPUT_SANDBOXES` [50],
-//! `BENCH_TPUT_SECS` [10], `BENCH_TPUT_STEP_SECS` [5]. The websocket client needs `CELLBLOCK_TEST_TOOLS`
+//! `BENCH_TPUT_SECS` [10], `BENCH_TPUT_STEP_SECS` [5], `BENCH_FLEET_ARGS`
+//! [none; e.g. `--no-zygote`: extra `serve` arguments for figures 3–5]. The websocket client needs `CELLBLOCK_TEST_TOOLS`
 //! (`target/test-tools/bin`, made by `./scripts/test.sh`). Servers are
 //! stopped (and their kernels with them) when the bench ends or fails, and on
 //! Ctrl-C / SIGTERM.
@@ -1014,7 +1015,12 @@ async fn run() -> Value {
     };
     eprintln!("suite: memory, density and throughput");
     let fleet = {
-        let s = Server::start_with(&["--max-sandboxes", "600", "--pool-size", "0"]);
+        // BENCH_FLEET_ARGS: extra `serve` arguments, e.g. `--no-zygote` to
+        // compare spawned kernels' memory and throughput.
+        let extra = std::env::var("BENCH_FLEET_ARGS").unwrap_or_default();
+        let mut args = vec!["--max-sandboxes", "600", "--pool-size", "0"];
+        args.extend(extra.split_whitespace());
+        let s = Server::start_with(&args);
         fleet_figures(&s).await
     };
     json!({
