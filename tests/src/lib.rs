@@ -53,29 +53,37 @@ pub fn temp_data_dir() -> PathBuf {
     dir
 }
 
+/// Every pid in `/proc` now.
+fn all_pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+}
+
+/// True if the process is a zombie (or gone).
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| {
+        st.rsplit_once(')')
+            .is_none_or(|(_, r)| r.trim_start().starts_with('Z'))
+    })
+}
+
 /// Live processes whose command line mentions `needle` (kernels carry their
 /// connection file path, which is under the data dir).
 pub fn processes_mentioning(needle: &Path) -> Vec<i32> {
     let needle = needle.as_os_str().as_encoded_bytes().to_vec();
     let me = std::process::id() as i32;
     let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
+    for pid in all_pids() {
         if pid == me {
             continue;
         }
         let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let zombie = stat
-            .rsplit_once(')')
-            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
-        if !zombie && cmd.windows(needle.len()).any(|w| w == needle.as_slice()) {
+        if !is_zombie(pid) && cmd.windows(needle.len()).any(|w| w == needle.as_slice()) {
             pids.push(pid);
         }
     }
@@ -97,23 +105,13 @@ pub fn instance_group(data_dir: &Path) -> String {
 /// process of a sandbox is in its cgroup, however it was started (spawned
 /// by `cellblock __jail` or forked from the zygote).
 pub fn processes_in_cgroup(needle: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(cg) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
-            continue;
-        };
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| {
-            st.rsplit_once(')')
-                .is_none_or(|(_, r)| r.trim_start().starts_with('Z'))
-        });
-        if !zombie && cg.contains(needle) {
-            pids.push(pid);
-        }
-    }
-    pids
+    all_pids()
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|cg| cg.contains(needle))
+                && !is_zombie(pid)
+        })
+        .collect()
 }
 
 /// True if `pid` is a sandbox's kernel (see [`Server::kernels`]).
@@ -145,10 +143,7 @@ fn uid_of(pid: i32) -> Option<u32> {
 /// Host processes whose real uid is in `[lo, hi)`.
 pub fn processes_with_uid_in(lo: u32, hi: u32) -> Vec<(i32, String)> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
+    for pid in all_pids() {
         let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
             continue;
         };
