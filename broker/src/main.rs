@@ -63,6 +63,13 @@ enum Command {
     /// Internal: copies an upload into a sandbox from inside its cgroup.
     #[command(name = "__write", hide = true)]
     Write { cgroup_procs: Vec<PathBuf> },
+    /// Internal: execs the zygote (PROGRAM ARGS…) in a network namespace of
+    /// its own. Started by `serve`; not for direct use.
+    #[command(name = "__zygote", hide = true)]
+    Zygote {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        argv: Vec<String>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -277,6 +284,7 @@ fn main() -> anyhow::Result<()> {
         Command::Jail { spec } => cellblock::isolation::jail::run(&read_spec(spec)?),
         Command::Enter { spec } => cellblock::isolation::enter::run(&read_spec(spec)?),
         Command::Write { cgroup_procs } => cellblock::isolation::writer::run(cgroup_procs),
+        Command::Zygote { argv } => cellblock::isolation::zygote::exec_without_network(argv),
         _ => {}
     }
     tracing_subscriber::fmt()
@@ -288,7 +296,10 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Jail { .. } | Command::Enter { .. } | Command::Write { .. } => Ok(()),
+        Command::Jail { .. }
+        | Command::Enter { .. }
+        | Command::Write { .. }
+        | Command::Zygote { .. } => Ok(()),
         Command::Replay {
             notebook,
             client,

@@ -53,6 +53,15 @@ async fn forked_kernels_have_the_stack_fresh_randomness_and_a_spawned_kernels_id
     let s = Server::start();
     let h = health(&s).await;
     assert_eq!(h["zygote"]["state"], "ready", "{h}");
+    // The zygote (host root, the image's import-time code) has no network:
+    // a network namespace of its own.
+    let zpid = h["zygote"]["pid"].as_i64().expect("zygote pid");
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/net")).expect("netns");
+    assert_ne!(
+        ns(&zpid.to_string()),
+        ns("self"),
+        "the zygote shares the host's network"
+    );
     let a = create_view(&s, json!({})).await;
     let b = create_view(&s, json!({"env": {"GREETING": "hi"}})).await;
     assert_eq!(a["kernel_origin"], "zygote", "{a}");

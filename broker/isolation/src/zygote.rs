@@ -15,7 +15,7 @@
 //! ([`send_with_fds`]), and gets back the child's pid. The zygote never reads
 //! a spec; its child does.
 
-use super::jail::{enter_in_process, JailError, SETUP_FAILED};
+use super::jail::{enter_in_process, sys, JailError, SETUP_FAILED};
 use super::spec::JailSpec;
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use std::ffi::{c_char, c_int, CStr, OsStr};
@@ -49,6 +49,31 @@ pub unsafe extern "C" fn cellblock_zygote_enter(spec_path: *const c_char) -> c_i
             SETUP_FAILED
         }
     }
+}
+
+/// Entry point of `cellblock __zygote PROGRAM ARGS…`: execs the zygote in
+/// a network namespace of its own (only a down `lo`), so the image's
+/// import-time code, which runs there as host root, has no network, and
+/// nothing can reach the zygote over one. Its children leave it for their
+/// sandbox's own. The environment is passed through. Never returns.
+pub fn exec_without_network(argv: &[String]) -> ! {
+    let err = exec_in_netns(argv).unwrap_err();
+    eprintln!("cellblock zygote: {err}");
+    std::process::exit(SETUP_FAILED)
+}
+
+fn exec_in_netns(argv: &[String]) -> Result<std::convert::Infallible, JailError> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(sys("unsharing the zygote's network namespace"))?;
+    let argv = argv
+        .iter()
+        .map(|a| std::ffi::CString::new(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| JailError::Arg("a NUL byte in the zygote's argv".into()))?;
+    let prog = argv
+        .first()
+        .ok_or_else(|| JailError::Arg("empty argv".into()))?;
+    nix::unistd::execv(prog, &argv).map_err(sys("executing the zygote"))
 }
 
 fn read_spec(path: &Path) -> Result<JailSpec, JailError> {

@@ -223,7 +223,11 @@ impl Zygote {
         // Started with the environment a kernel starts with (a forked
         // kernel's /proc/self/environ shows it); -B: no bytecode written as
         // root into the image.
-        let mut child = tokio::process::Command::new(self.image.python())
+        // Through `cellblock __zygote`, which gives it a network namespace
+        // of its own first.
+        let mut child = tokio::process::Command::new(isolation::HELPER_BINARY)
+            .arg("__zygote")
+            .arg(self.image.python())
             .args(["-I", "-B", "-m", "cellblock_zygote"])
             .arg(self.dir.join(LIBRARY))
             .arg(self.dir.join("home"))
