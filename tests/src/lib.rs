@@ -258,8 +258,8 @@ impl Server {
                 panic!("cellblock did not start listening (see its log above)");
             }
         };
-        wait_until_warm(&base, args);
         let zygote = !args.contains(&"--no-zygote") && zygote_args(args).is_empty();
+        wait_until_warm(&base, args, zygote);
         Self {
             zygote,
             child: Some(child),
@@ -621,13 +621,12 @@ fn zygote_args(args: &[&str]) -> Vec<String> {
 /// Waits (up to 60 s) until the zygote is ready (unless it is off) and,
 /// with `CELLBLOCK_TEST_POOL_SIZE` set, the warm pool is full, so the
 /// test's creates are forked or served from the pool.
-fn wait_until_warm(base: &str, args: &[&str]) {
+fn wait_until_warm(base: &str, args: &[&str], zygote: bool) {
     use std::io::{Read, Write};
     let mut want = std::env::var("CELLBLOCK_TEST_POOL_SIZE").unwrap_or_default();
     if want.is_empty() || args.contains(&"--pool-size") {
         want = "0".into();
     }
-    let zygote = !args.contains(&"--no-zygote") && zygote_args(args).is_empty();
     let addr = base.trim_start_matches("http://").to_owned();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while std::time::Instant::now() < deadline {

@@ -212,14 +212,13 @@ impl Zygote {
 
     /// Starts the zygote and waits for its `ready`.
     async fn start(&self) -> Result<u32, ZygoteError> {
-        let io = |e: &dyn std::fmt::Display| ZygoteError::Io(e.to_string());
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
             SockFlag::SOCK_CLOEXEC,
         )
-        .map_err(|e| io(&e))?;
+        .map_err(io)?;
         // Started with the environment a kernel starts with (a forked
         // kernel's /proc/self/environ shows it); -B: no bytecode written as
         // root into the image.
@@ -242,7 +241,7 @@ impl Zygote {
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| io(&e))?;
+            .map_err(io)?;
         let pid = child.id().unwrap_or(0);
         if let Some(err) = child.stderr.take() {
             tokio::spawn(async move {
@@ -326,7 +325,6 @@ impl Zygote {
     /// dir). The zygote's child builds the sandbox from it and starts the
     /// kernel; see the module docs.
     pub async fn fork(&self, jail_path: &Path) -> Result<Forked, ZygoteError> {
-        let io = |e: &dyn std::fmt::Display| ZygoteError::Io(e.to_string());
         let live = self.live.clone().lock_owned().await;
         let sock = match live.as_ref() {
             Some(l) if self.status().state == "ready" => l.sock.clone(),
@@ -338,11 +336,11 @@ impl Zygote {
             }
         };
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
-        let (err_r, err_w) = nix::unistd::pipe2(cloexec).map_err(|e| io(&e))?;
+        let (err_r, err_w) = nix::unistd::pipe2(cloexec).map_err(io)?;
         // The child waits for a byte on this pipe: written below once the
         // pid is known; if this returns early, `go_w` is dropped, the pipe
         // closes and the child exits without building anything.
-        let (go_r, go_w) = nix::unistd::pipe2(cloexec).map_err(|e| io(&e))?;
+        let (go_r, go_w) = nix::unistd::pipe2(cloexec).map_err(io)?;
         let path = jail_path.as_os_str().as_encoded_bytes().to_vec();
         let request = Some((path, [err_w, go_r]));
         let (result, mut live) = exchange(live, sock, request, FORK_TIMEOUT).await;
@@ -364,9 +362,7 @@ impl Zygote {
         match text.strip_prefix("pid ").map(|n| n.trim().parse::<i32>()) {
             Some(Ok(pid)) if pid > 1 => {
                 use std::io::Write;
-                std::fs::File::from(go_w)
-                    .write_all(b"g")
-                    .map_err(|e| io(&e))?;
+                std::fs::File::from(go_w).write_all(b"g").map_err(io)?;
                 self.forks.fetch_add(1, Ordering::SeqCst);
                 Ok(Forked { pid, stderr: err_r })
             }
@@ -377,6 +373,11 @@ impl Zygote {
 
 /// The zygote's state, locked.
 type LiveGuard = tokio::sync::OwnedMutexGuard<Option<Live>>;
+
+/// A failed socket, pipe or process operation with the zygote.
+fn io(e: impl std::fmt::Display) -> ZygoteError {
+    ZygoteError::Io(e.to_string())
+}
 
 /// Sends one request (a message with its fds) if given, then reads one
 /// answer, on the blocking pool, within `timeout`. The lock travels with the
@@ -393,10 +394,7 @@ async fn exchange(
         tokio::task::spawn_blocking(move || (exchange_blocking(&sock, request, timeout), live));
     match task.await {
         Ok(done) => done,
-        Err(e) => (
-            Err(ZygoteError::Io(e.to_string())),
-            mutex.lock_owned().await,
-        ),
+        Err(e) => (Err(io(e)), mutex.lock_owned().await),
     }
 }
 
@@ -405,16 +403,14 @@ fn exchange_blocking(
     request: Option<(Vec<u8>, [OwnedFd; 2])>,
     timeout: Duration,
 ) -> Result<Vec<u8>, ZygoteError> {
-    let io = |e: &dyn std::fmt::Display| ZygoteError::Io(e.to_string());
     let tv = nix::sys::time::TimeVal::new(timeout.as_secs() as i64, timeout.subsec_micros() as i64);
-    nix::sys::socket::setsockopt(sock, sockopt::ReceiveTimeout, &tv).map_err(|e| io(&e))?;
+    nix::sys::socket::setsockopt(sock, sockopt::ReceiveTimeout, &tv).map_err(io)?;
     if let Some((msg, fds)) = request {
         let fds = [fds[0].as_fd(), fds[1].as_fd()];
-        isolation::zygote::send_with_fds(sock.as_fd(), &msg, &fds).map_err(|e| io(&e))?;
+        isolation::zygote::send_with_fds(sock.as_fd(), &msg, &fds).map_err(io)?;
     }
     let mut buf = vec![0u8; 4096];
-    let n = nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty())
-        .map_err(|e| io(&e))?;
+    let n = nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(io)?;
     if n == 0 {
         return Err(ZygoteError::Io("the zygote closed its socket".into()));
     }
